@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   creates .venv, installs memprof, profiles the bundled example
+#   make test   creates .venv, installs memprof with its dev tools, runs lint, types and tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest cases clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/memprof run --json demo-report.json --html demo-report.html examples/train_mlp.py --steps 30
+
+lint: $(STAMP)
+	$(BIN)/ruff check memprof tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+cases: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python ../shared/tools/score_cases.py ../shared/cases
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-report.json demo-report.html

@@ -1,0 +1,40 @@
+"""memprof: a GPU memory profiler and out-of-memory doctor for PyTorch.
+
+Importing memprof has no side effects: nothing is hooked until a session starts
+(``memprof.track()``, ``@memprof.profile`` or ``memprof run``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from memprof._version import __version__
+from memprof.report.json_io import load_report
+from memprof.report.model import (
+    Breakdown,
+    Category,
+    Finding,
+    FindingKind,
+    Recommendation,
+    RecommendationKind,
+    Report,
+    Severity,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from memprof.api import profile, track
+
+__all__ = [
+    "__version__", "track", "profile", "load_report", "Report", "Finding", "FindingKind", "Recommendation",
+    "RecommendationKind", "Severity", "Status", "Breakdown", "Category",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # torch is imported only when a session is asked for, so `import memprof` stays cheap.
+    if name in ("track", "profile", "Session"):
+        from memprof import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'memprof' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from memprof.cli.main import entry
+
+entry()

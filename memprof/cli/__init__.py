@@ -1,0 +1,1 @@
+"""The ``memprof`` command line: one small class per command."""

@@ -1,0 +1,84 @@
+"""Entry point of the ``memprof`` command. Errors are caught once, here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from memprof.cli.base import Command
+from memprof.errors import MemprofError
+
+
+def _commands() -> list[Command]:
+    from memprof.cli.monitor import MonitorCommand
+    from memprof.cli.report_cmd import ReportCommand
+    from memprof.cli.run import RunCommand
+
+    return [RunCommand(), ReportCommand(), MonitorCommand()]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails with one line and exit 2 (no usage dump, no traceback)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise MemprofError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    from memprof import __version__
+
+    parser = _Parser(
+        prog="memprof",
+        description="memprof: a GPU memory profiler and out-of-memory doctor for PyTorch.",
+        epilog="Run 'memprof COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"memprof {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    registry: dict[str, Command] = {}
+    for cmd in _commands():
+        doc = textwrap.dedent(type(cmd).__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else ""
+        p = sub.add_parser(
+            cmd.name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        cmd.prepare_parser(p)
+        registry[cmd.name] = cmd
+    return parser, registry
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser, registry = build_parser()
+        if argv and argv[0] == "run":  # the script's own options must not reach argparse
+            from memprof.cli.run import RunCommand
+
+            run_cmd = registry["run"]
+            assert isinstance(run_cmd, RunCommand)
+            sub = _subparser(parser, "run")
+            if any(a in ("-h", "--help") for a in argv[1:2]) or len(argv) == 1:
+                sub.print_help()
+                return 0 if len(argv) > 1 else 2
+            return run_cmd.run_from_argv(argv[1:], sub)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help(sys.stderr)
+            return 2
+        return registry[args.command].run(args, parser)
+    except MemprofError as e:
+        print(f"memprof: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

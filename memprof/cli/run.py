@@ -1,0 +1,161 @@
+"""``memprof run``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import ClassVar
+
+from memprof.errors import MemprofError
+from memprof.units import parse_size
+
+# memprof's own options that take a value; everything from SCRIPT (or -m MODULE) on is the script's.
+_VALUE_OPTIONS = {"--json", "--html", "--budget", "--memory-limit", "--nproc-per-node", "--detail", "--detail-steps"}
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], str | None, str | None, list[str]]:
+    """``[options] SCRIPT args`` or ``[options] -m MODULE args`` -> (options, script, module, args)."""
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            i += 1
+            break
+        if tok == "-m":
+            if i + 1 >= len(argv):
+                raise MemprofError("run: -m needs a module name")
+            return argv[:i], None, argv[i + 1], argv[i + 2:]
+        if tok.startswith("-m") and len(tok) > 2 and not tok.startswith("--"):
+            return argv[:i], None, tok[2:], argv[i + 1:]
+        if not tok.startswith("-") or tok == "-":
+            break
+        if tok in _VALUE_OPTIONS:
+            i += 2
+            continue
+        i += 1
+    if i >= len(argv):
+        return argv, None, None, []
+    return argv[:i], argv[i], None, argv[i + 1:]
+
+
+class RunCommand:
+    """Run a Python script (or -m module) under memprof, exactly as python would.
+
+    usage: memprof run [OPTIONS] SCRIPT [ARGS...]
+           memprof run [OPTIONS] -m MODULE [ARGS...]
+
+    The script runs as __main__ with its own arguments, its folder first on sys.path, and its
+    stdout and stderr untouched; memprof exits with the script's exit status. At the end memprof
+    prints a summary to stderr: the peak, what it was made of, the largest modules, what is
+    wrong (file:line, variable, the fix) and what to change (each with its predicted peak).
+
+    examples:
+      memprof run train.py --epochs 3
+      memprof run --json report.json --html report.html train.py
+      memprof run --budget 24GiB train.py           # advice for a 24 GiB card
+      memprof run --memory-limit 4GiB train.py      # rehearse an out-of-memory on a 4 GiB card
+      memprof run --tui train.py                    # watch it live
+    """
+
+    name: ClassVar[str] = "run"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.usage = "memprof run [OPTIONS] SCRIPT [ARGS...] | memprof run [OPTIONS] -m MODULE [ARGS...]"
+        parser.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH")
+        parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML report to PATH")
+        parser.add_argument("--budget", metavar="SIZE", type=parse_size,
+                            help="the memory to plan for, e.g. 8GiB, 512MiB, 1.5GB "
+                                 "(default: the CUDA device's usable memory; none on CPU)")
+        parser.add_argument("--memory-limit", metavar="SIZE", type=parse_size,
+                            help="run as if the device had only SIZE: allocations past it raise "
+                                 "torch.OutOfMemoryError, so an out-of-memory can be rehearsed anywhere")
+        parser.add_argument("--tui", action="store_true", help="watch the run live in a terminal UI")
+        parser.add_argument("--nproc-per-node", metavar="N", type=int,
+                            help="launch N processes with torchrun and merge their reports")
+        parser.add_argument("--detail", choices=["auto", "full"], default="auto",
+                            help="auto (default): detail for the first steps and when memory changes, "
+                                 "cheap watching otherwise; full: detail on every step (slower)")
+        parser.add_argument("--detail-steps", metavar="N", type=int, default=10,
+                            help="steps profiled in full detail at the start (default 10)")
+        parser.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+        parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
+        parser.add_argument("target", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...]",
+                            help="the script and its arguments")
+
+    def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+        raise MemprofError("internal: run is dispatched by run_from_argv")
+
+    def run_from_argv(self, argv: list[str], parser: argparse.ArgumentParser) -> int:
+        options, script, module, script_args = split_argv(argv)
+        ns = parser.parse_args(options)
+        if ns.module:  # '-m' inside the options block (e.g. after other options)
+            module = ns.module
+        if script is None and module is None:
+            raise MemprofError("run: missing SCRIPT (usage: memprof run [OPTIONS] SCRIPT [ARGS...])")
+        if ns.detail_steps is not None and ns.detail_steps < 0:
+            raise MemprofError("run: --detail-steps must be 0 or more")
+        from memprof.runner import Target, check_target
+
+        target = Target(path=script, module=module)
+        check_target(target)
+        if ns.tui:
+            return self._run_with_tui(argv)
+        if ns.nproc_per_node:
+            from memprof.cli.distributed import run_distributed
+
+            return run_distributed(ns, target, script_args)
+        return run_local(ns, target, script_args)
+
+    @staticmethod
+    def _run_with_tui(argv: list[str]) -> int:
+        from memprof.tui.launch import run_with_tui
+
+        child = [a for a in argv if a != "--tui"]
+        return run_with_tui([sys.executable, "-m", "memprof", "run", *child], dict(os.environ))
+
+
+def run_local(ns: argparse.Namespace, target: object, script_args: list[str]) -> int:
+    from memprof.report.model import Report
+    from memprof.runner import Target, run_target
+    from memprof.session import Session, SessionConfig
+
+    assert isinstance(target, Target)
+    config = SessionConfig(
+        script=os.path.abspath(target.path) if target.path else f"-m {target.module}",
+        argv=list(script_args), detail=ns.detail, detail_steps=ns.detail_steps,
+        budget_bytes=ns.budget, memory_limit_bytes=ns.memory_limit,
+    )
+
+    def finish(report: Report) -> None:
+        write_outputs(report, ns.json, ns.html, quiet=ns.quiet)
+
+    return run_target(target, script_args, lambda: Session(config), finish)
+
+
+def write_outputs(report: object, json_path: str | None, html_path: str | None, quiet: bool = False) -> None:
+    from memprof.report.json_io import save_report
+    from memprof.report.model import Report
+
+    assert isinstance(report, Report)
+    if json_path:
+        save_report(report, json_path)
+    if html_path:
+        try:
+            from memprof.report.html import write_html
+
+            write_html(report, html_path)
+        except Exception as e:
+            print(f"memprof: warning: could not write the HTML report: {e}", file=sys.stderr)
+    if not quiet:
+        try:
+            from memprof.report.summary import render_summary
+
+            text = render_summary(report, color=sys.stderr.isatty())
+        except Exception as e:
+            text = f"memprof: peak {report.peak_bytes} bytes ({e!r} while writing the summary)"
+        sys.stderr.write(text.rstrip("\n") + "\n")
+        if json_path:
+            sys.stderr.write(f"memprof: report written to {json_path}\n")
+        if html_path:
+            sys.stderr.write(f"memprof: HTML report written to {html_path}\n")

@@ -1,0 +1,287 @@
+"""References from frames and containers, and the autograd graphs behind them.
+
+At a detailed step boundary the census looks at the user's frames (locals, ``self`` attributes,
+attributes of the user's own objects) and summarises every variable that holds tensors: how many,
+how many bytes, how big the autograd history behind them is, and whether that history still
+holds saved tensors (which backward frees, unless ``retain_graph=True`` or no backward ran).
+The doctor compares these observations from step to step.
+
+It also offers :func:`live_tensors`, the heap scan that adds storages created while the tracker
+was off (watch mode, or before ``memprof.track()``).
+
+Known limitations: a variable is seen only while a frame on the main thread's stack holds it,
+or an object such a frame holds (one level down); traversals are bounded (``MAX_NODES``).
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import types
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from memprof.collect.sites import is_user_file, user_frames
+
+MAX_NODES = 4000  # autograd nodes visited per census
+MAX_ITEMS = 20000  # container items looked at per variable
+
+_CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)
+_SKIP_TYPES = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)
+
+
+@dataclass
+class GraphStats:
+    nodes: int = 0
+    saved_bytes: int = 0  # saved tensors still alive (not freed by a backward)
+    graphs: int = 0  # tensors with a grad_fn
+    graphs_with_saved: int = 0
+    root_keys: list[int] = field(default_factory=list)  # id() of every root
+    saved_root_keys: list[int] = field(default_factory=list)  # roots whose graph holds saved tensors
+    forward_keys: list[int] = field(default_factory=list)  # model-output nodes met on the way
+
+
+@dataclass
+class VarObservation:
+    path: str  # "total_loss", "self.history", "stats.outputs"
+    file: str  # the frame's file
+    function: str
+    first_line: int  # the frame's function's first line
+    line: int  # the frame's current line
+    is_container: bool
+    tensors: int = 0
+    bytes: int = 0
+    storage_keys: set[int] = field(default_factory=set)
+    graph: GraphStats = field(default_factory=GraphStats)
+    newest_key: int | None = None  # storage of the last tensor in a container
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.file, self.function, self.path)
+
+
+class _SavedNames:
+    """Names of a node type's ``_saved_*`` attributes (cached: dir() is slow)."""
+
+    cache: dict[type, tuple[str, ...]] = {}
+
+    @classmethod
+    def of(cls, node: Any) -> tuple[str, ...]:
+        t = type(node)
+        names = cls.cache.get(t)
+        if names is None:
+            names = tuple(a for a in dir(node) if a.startswith("_saved_"))
+            cls.cache[t] = names
+        return names
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
+    try:
+        st = t.untyped_storage()
+        return id(st), st.nbytes()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+class GraphWalker:
+    """Walks autograd graphs once per census, sharing the node budget and the visited set."""
+
+    def __init__(self, budget: int = MAX_NODES, forward_keys: frozenset[int] | set[int] = frozenset()) -> None:
+        self.budget = budget
+        self.forward_keys = forward_keys
+        self.visited: set[int] = set()
+        self.saved_seen: set[int] = set()
+
+    def reset(self) -> None:
+        """A new variable: graphs shared with another variable count for both."""
+        self.visited = set()
+        self.saved_seen = set()
+
+    def walk(self, root: Any, out: GraphStats) -> int:
+        """Visit the graph under ``root``; return live saved bytes found there (new storages only)."""
+        saved = 0
+        stack = [root]
+        while stack and self.budget > 0:
+            node = stack.pop()
+            k = id(node)
+            if k in self.visited:
+                continue
+            self.visited.add(k)
+            self.budget -= 1
+            out.nodes += 1
+            if k in self.forward_keys:
+                out.forward_keys.append(k)
+            for name in _SavedNames.of(node):
+                try:
+                    value = getattr(node, name)
+                except RuntimeError:  # freed by backward
+                    break
+                except Exception:
+                    continue
+                for t in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(t, torch.Tensor):
+                        sk = _storage_key(t)
+                        if sk is not None and sk[0] not in self.saved_seen:
+                            self.saved_seen.add(sk[0])
+                            saved += sk[1]
+            try:
+                nexts = node.next_functions
+            except Exception:
+                continue
+            for nxt, _ in nexts:
+                if nxt is not None and id(nxt) not in self.visited:
+                    stack.append(nxt)
+        return saved
+
+
+def _tensors_in(value: Any, limit: int = MAX_ITEMS) -> Iterator[torch.Tensor]:
+    """Tensors in a container, two levels deep (a list of (logits, target) tuples, a dict of lists)."""
+    seen = 0
+    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    for item in items:
+        seen += 1
+        if seen > limit:
+            return
+        if isinstance(item, torch.Tensor):
+            yield item
+        elif isinstance(item, _CONTAINERS):
+            inner: Iterable[Any] = item.values() if isinstance(item, dict) else item
+            for sub in inner:
+                if isinstance(sub, torch.Tensor):
+                    yield sub
+
+
+def _observe(path: str, value: Any, frame: types.FrameType, walker: GraphWalker) -> VarObservation | None:
+    code = frame.f_code
+    if isinstance(value, torch.Tensor):
+        tensors: list[torch.Tensor] = [value]
+        is_container = False
+    elif isinstance(value, _CONTAINERS):
+        try:
+            tensors = list(_tensors_in(value))
+        except RuntimeError:  # changed size during iteration (another thread)
+            return None
+        if not tensors:
+            return None
+        is_container = True
+    else:
+        return None
+    walker.reset()
+    obs = VarObservation(
+        path=path, file=code.co_filename, function=code.co_name, first_line=code.co_firstlineno,
+        line=frame.f_lineno, is_container=is_container,
+    )
+    for t in tensors:
+        if t.device.type == "meta":
+            continue
+        obs.tensors += 1
+        sk = _storage_key(t)
+        if sk is not None and sk[0] not in obs.storage_keys:
+            obs.storage_keys.add(sk[0])
+            obs.bytes += sk[1]
+            obs.newest_key = sk[0]
+        g = t.grad_fn
+        if g is not None:
+            obs.graph.graphs += 1
+            saved = walker.walk(g, obs.graph)
+            if saved:
+                obs.graph.saved_bytes += saved
+                obs.graph.graphs_with_saved += 1
+                obs.graph.saved_root_keys.append(id(g))
+            obs.graph.root_keys.append(id(g))
+    return obs
+
+
+def _is_user_object(value: Any) -> bool:
+    if isinstance(value, (torch.nn.Module, torch.optim.Optimizer)):
+        return True
+    mod = getattr(type(value), "__module__", None)
+    if mod in (None, "builtins"):
+        return False
+    try:
+        import sys
+
+        fn = getattr(sys.modules.get(mod), "__file__", None)
+    except Exception:
+        return False
+    return isinstance(fn, str) and is_user_file(fn)
+
+
+def census(
+    start: types.FrameType | None, max_frames: int = 16, forward_keys: set[int] | frozenset[int] = frozenset()
+) -> list[VarObservation]:
+    """Observe every tensor-holding variable of the user's frames at and above ``start``."""
+    walker = GraphWalker(forward_keys=forward_keys)
+    out: list[VarObservation] = []
+    seen_values: set[int] = set()
+    for frame in user_frames(start, limit=max_frames):
+        try:
+            local_items = list(frame.f_locals.items())
+        except Exception:
+            continue
+        for name, value in local_items:
+            if name.startswith("__") or isinstance(value, _SKIP_TYPES):
+                continue
+            if isinstance(value, torch.Tensor) or isinstance(value, _CONTAINERS):
+                if id(value) in seen_values:
+                    continue
+                seen_values.add(id(value))
+                obs = _observe(name, value, frame, walker)
+                if obs is not None:
+                    out.append(obs)
+            elif hasattr(value, "__dict__") and _is_user_object(value):
+                try:
+                    attrs = list(vars(value).items())
+                except TypeError:
+                    continue
+                for attr, sub in attrs:
+                    if attr.startswith("_") or id(sub) in seen_values:
+                        continue
+                    if isinstance(sub, torch.Tensor) or isinstance(sub, _CONTAINERS):
+                        seen_values.add(id(sub))
+                        obs = _observe(f"{name}.{attr}", sub, frame, walker)
+                        if obs is not None:
+                            out.append(obs)
+    return out
+
+
+def names_of_storages(start: types.FrameType | None, keys: set[int], max_frames: int = 16) -> dict[int, tuple[str, types.FrameType]]:
+    """Which user variable refers to each storage in ``keys`` (the innermost frame wins)."""
+    found: dict[int, tuple[str, types.FrameType]] = {}
+    for frame in user_frames(start, limit=max_frames):
+        try:
+            local_items = list(frame.f_locals.items())
+        except Exception:
+            continue
+        for name, value in local_items:
+            candidates: list[tuple[str, Any]] = [(name, value)]
+            if name == "self" and hasattr(value, "__dict__"):
+                candidates.extend((f"self.{a}", v) for a, v in vars(value).items() if not a.startswith("_"))
+            for path, v in candidates:
+                if isinstance(v, torch.Tensor):
+                    sk = _storage_key(v)
+                    if sk is not None and sk[0] in keys and sk[0] not in found:
+                        found[sk[0]] = (path, frame)
+    return found
+
+
+def live_objects(cls: type) -> list[Any]:
+    """Every object of ``cls`` on the heap (slow: a heap scan; used rarely)."""
+    out = []
+    with warnings.catch_warnings():  # isinstance() on some deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, cls):
+                    out.append(obj)
+            except Exception:
+                continue
+    return out
+
+
+def live_tensors() -> list[torch.Tensor]:
+    return live_objects(torch.Tensor)

@@ -1,0 +1,107 @@
+"""Forward passes and their fate: backpropagated, retained, or dropped without a backward.
+
+Each root-module call whose output carries autograd history gets two marks on the output's
+``grad_fn``: a pre-hook that fires when a backward reaches it (and notes the user line of that
+backward call), and a sentinel object in ``grad_fn.metadata`` whose finalizer fires when the
+graph is destroyed. A graph destroyed without any backward was recorded for nothing: the mark of a
+forward pass that needed ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from memprof.collect.sites import main_thread_frame, user_frame
+
+
+@dataclass
+class ForwardRecord:
+    module: str
+    site: tuple[str, int] | None  # the user line that called the module
+    step: int
+    phase: str
+    saved_bytes: int = 0  # bytes autograd saved during this forward
+    backpropagated: bool = False
+    backward_site: tuple[str, int] | None = None
+    dead: bool = False
+    dead_step: int | None = None
+    node_key: int = 0
+
+
+class _Sentinel:
+    __slots__ = ("__weakref__",)
+
+
+class ForwardTracker:
+    def __init__(self, on_dead: Callable[[ForwardRecord], None], on_backward: Callable[[ForwardRecord], None]) -> None:
+        self.on_dead = on_dead
+        self.on_backward = on_backward
+        self.by_node: dict[int, ForwardRecord] = {}  # id(grad_fn) -> record, while the graph lives
+        self.step = 0
+        self.enabled = True
+
+    def watch(self, output: Any, record: ForwardRecord) -> bool:
+        """Mark the graph behind ``output``; False when it has no graph."""
+        t = _first_graph_tensor(output)
+        if t is None or not self.enabled:
+            return False
+        node: Any = t.grad_fn
+        key = id(node)
+        record.node_key = key
+        self.by_node[key] = record
+        sentinel = _Sentinel()
+        node.metadata["memprof"] = sentinel
+        weakref.finalize(sentinel, self._dead, key, record)
+        node.register_prehook(self._make_prehook(record))
+        return True
+
+    def _make_prehook(self, record: ForwardRecord) -> Callable[[Any], None]:
+        def prehook(grad_outputs: Any) -> None:
+            if not record.backpropagated:
+                record.backpropagated = True
+                try:
+                    frame = user_frame(main_thread_frame())
+                    if frame is not None:
+                        record.backward_site = (frame.f_code.co_filename, frame.f_lineno)
+                    self.on_backward(record)
+                except Exception:
+                    pass
+            return None
+
+        return prehook
+
+    def _dead(self, key: int, record: ForwardRecord) -> None:
+        if self.by_node.get(key) is record:
+            del self.by_node[key]
+        record.dead = True
+        record.dead_step = self.step
+        try:
+            self.on_dead(record)
+        except Exception:
+            pass
+
+    def pending(self) -> list[ForwardRecord]:
+        return list(self.by_node.values())
+
+
+def _first_graph_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.grad_fn is not None else None
+    if depth > 2:
+        return None
+    items: Any = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    if hasattr(obj, "__dataclass_fields__") or hasattr(obj, "_fields"):  # ModelOutput-like, namedtuple
+        try:
+            items = list(vars(obj).values()) if hasattr(obj, "__dict__") else list(obj)
+        except TypeError:
+            items = ()
+    for o in items:
+        t = _first_graph_tensor(o, depth + 1)
+        if t is not None:
+            return t
+    return None

@@ -1,0 +1,269 @@
+"""Modules: who holds activations, parameters and gradients; which module calls are iterations.
+
+Global forward pre/post hooks keep a stack of running modules (detailed steps only: global hooks
+put every module call on PyTorch's slow path). Saved-tensor hooks see every tensor autograd saves
+for backward; its bytes are charged, once per storage, to each module running at that moment.
+Root modules (called while no other module runs) get hooks of their own that stay on in watch
+mode: their calls give the batch size, and mark evaluation iterations when no optimizer steps.
+
+Known limitations:
+- The pack hook hands autograd ``t.detach()`` (autograd re-attaches the history from its own
+  metadata on unpack); returning ``t`` itself would make a reference cycle that never frees.
+- Activations computed outside any module (a loss function on logits) are counted in the
+  breakdown but not charged to a module.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from memprof.collect.sites import user_frame
+from memprof.collect.storage import ACTIVATIONS, OTHER, PARAMETERS, StorageTracker
+
+
+@dataclass
+class ModuleStats:
+    name: str
+    type: str
+    module_id: int
+    parameter_bytes: int = 0
+    gradient_bytes: int = 0
+    activation_bytes: int = 0  # the largest forward seen: saved-for-backward bytes, by storage
+    calls: int = 0
+    _step_keys: set[int] = field(default_factory=set)
+    _step_bytes: int = 0
+
+
+@dataclass
+class RootCall:
+    """One call of a root module, as the session needs it."""
+
+    module: nn.Module
+    name: str
+    batch_size: int | None
+    grad_enabled: bool
+    site: tuple[str, int] | None  # the user line that called the model
+
+
+def _first_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if depth > 2:
+        return None
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            t = _first_tensor(o, depth + 1)
+            if t is not None:
+                return t
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            t = _first_tensor(o, depth + 1)
+            if t is not None:
+                return t
+    return None
+
+
+def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> int | None:
+    t = _first_tensor(args)
+    if t is None and kwargs:
+        t = _first_tensor(kwargs)
+    if t is None or t.dim() == 0:
+        return None
+    return int(t.shape[0])
+
+
+class ModuleCollector:
+    def __init__(
+        self,
+        tracker: StorageTracker,
+        on_root_call: Callable[[RootCall], None],
+        on_root_output: Callable[[RootCall, Any], None],
+    ) -> None:
+        self.tracker = tracker
+        self.on_root_call = on_root_call
+        self.on_root_output = on_root_output
+        self.stats: dict[int, ModuleStats] = {}
+        self.names: dict[int, str] = {}
+        self.stack: list[ModuleStats] = []
+        # Weak: memprof must not keep a user's model alive past its last use.
+        self.roots: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
+        self.modules: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
+        self._root_handles: list[RemovableHandle] = []
+        self._global_handles: list[RemovableHandle] = []
+        self._saved_hooks: Any = None
+        self._current_root: RootCall | None = None
+        self.detail = False
+
+    # -- detail on/off ---------------------------------------------------------------------------
+    def enable_detail(self) -> None:
+        if self.detail:
+            return
+        self.detail = True
+        from torch.nn.modules import module as mm
+
+        self._global_handles = [
+            mm.register_module_forward_pre_hook(self._pre),
+            mm.register_module_forward_hook(self._post, always_call=True),
+        ]
+        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._saved_hooks.__enter__()
+
+    def disable_detail(self) -> None:
+        if not self.detail:
+            return
+        self.detail = False
+        for h in self._global_handles:
+            h.remove()
+        self._global_handles = []
+        if self._saved_hooks is not None:
+            try:
+                self._saved_hooks.__exit__(None, None, None)
+            except RuntimeError:
+                pass
+            self._saved_hooks = None
+        self.stack.clear()
+        self.tracker.module = ""
+
+    def close(self) -> None:
+        self.disable_detail()
+        for h in self._root_handles:
+            h.remove()
+        self._root_handles = []
+
+    # -- roots -----------------------------------------------------------------------------------
+    def _adopt_root(self, module: nn.Module, caller: Any) -> bool:
+        """Name a top-level module's tree; a model (one with parameters) also gets root hooks."""
+        prefix = self._variable_name(module, caller) or type(module).__name__
+        for qual, sub in module.named_modules():
+            key = id(sub)
+            if key in self.names:
+                continue
+            name = f"{prefix}.{qual}" if qual else prefix
+            self.names[key] = name
+            self.modules[key] = sub
+            st = self.stats[key] = ModuleStats(name=name, type=type(sub).__name__, module_id=key)
+            st.parameter_bytes = sum(p.untyped_storage().nbytes() for p in sub.parameters())
+        for p in module.parameters():
+            self.tracker.set_category(p, PARAMETERS)
+            self.tracker.fixed_numels.add(p.numel())
+        for b in module.buffers():
+            self.tracker.set_category(b, PARAMETERS)
+        if next(module.parameters(), None) is None:
+            return False  # a loss or an activation called on its own: not a model, not an iteration
+        self.roots[id(module)] = module
+        self._root_handles.append(module.register_forward_pre_hook(self._root_pre, with_kwargs=True))
+        self._root_handles.append(module.register_forward_hook(self._root_post, always_call=True))
+        return True
+
+    @staticmethod
+    def _variable_name(module: nn.Module, frame: Any) -> str | None:
+        f = frame
+        while f is not None:
+            for k, v in f.f_locals.items():
+                if v is module and not k.startswith("_"):
+                    return k if k != "self" else None
+            f = f.f_back
+            f = user_frame(f)
+        return None
+
+    def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._current_root is not None:  # a root called inside another root: not an iteration
+            return
+        frame = user_frame(sys._getframe(1))
+        site = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
+        call = RootCall(
+            module=module,
+            name=self.names.get(id(module), type(module).__name__),
+            batch_size=batch_size_of(args, kwargs),
+            grad_enabled=torch.is_grad_enabled(),
+            site=site,
+        )
+        self._current_root = call
+        self.on_root_call(call)
+
+    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        call = self._current_root
+        if call is None or call.module is not module:
+            return
+        self._current_root = None
+        self.on_root_output(call, output)
+
+    # -- global hooks (detail only) ----------------------------------------------------------------
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        key = id(module)
+        st = self.stats.get(key)
+        if st is None:
+            if not self.stack:
+                # A module we have not seen, called at the top: a new root (adopt it, then rerun the
+                # root hook by hand, since hooks added during a call don't fire for that call).
+                caller = user_frame(sys._getframe(1))
+                if self._adopt_root(module, caller):
+                    self._root_pre(module, args if isinstance(args, tuple) else (args,), {})
+                st = self.stats[key]
+            else:
+                parent = self.stack[-1].name
+                name = f"{parent}.<{type(module).__name__}>"
+                st = self.stats[key] = ModuleStats(name=name, type=type(module).__name__, module_id=key)
+                self.names[key] = name
+                self.modules[key] = module
+        st.calls += 1
+        self.stack.append(st)
+        self.tracker.module = st.name
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack and self.stack[-1].module_id == id(module):
+            self.stack.pop()
+        self.tracker.module = self.stack[-1].name if self.stack else ""
+
+    # -- saved tensors ---------------------------------------------------------------------------
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            tracker = self.tracker
+            ref = tracker.ref_of(t)
+            if ref is not None:
+                if ref.category == OTHER:
+                    tracker.set_category(t, ACTIVATIONS)
+                key, n = ref.key, ref.nbytes
+                for st in self.stack:
+                    if key not in st._step_keys:
+                        st._step_keys.add(key)
+                        st._step_bytes += n
+        except Exception:  # never break the user's forward
+            pass
+        return t.detach()
+
+    @staticmethod
+    def _unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    # -- per step ----------------------------------------------------------------------------------
+    def end_step(self) -> None:
+        """Fold this step's saved bytes into each module's maximum."""
+        for st in self.stats.values():
+            if st._step_bytes > st.activation_bytes:
+                st.activation_bytes = st._step_bytes
+            st._step_keys = set()
+            st._step_bytes = 0
+
+    def record_gradients(self) -> None:
+        for key, st in self.stats.items():
+            mod = self.modules.get(key)
+            if mod is None:
+                continue
+            total = 0
+            for p in mod.parameters():
+                g = p.grad
+                if g is not None:
+                    total += g.untyped_storage().nbytes()
+            st.gradient_bytes = max(st.gradient_bytes, total)
+
+    def records(self) -> list[ModuleStats]:
+        return list(self.stats.values())

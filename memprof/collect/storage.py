@@ -1,0 +1,260 @@
+"""Live tensor storage bytes, op by op: the CPU-first measure of memory.
+
+A ``TorchDispatchMode`` sees every storage an op creates; a weak reference to the storage object
+(storages keep one Python object for their lifetime) says when it dies. Views and in-place ops
+reuse a storage already counted, so they cost one dict lookup. This counts what
+``torch.cuda.memory_allocated`` counts on a GPU, before the allocator's rounding.
+
+Each storage carries a category (parameters, gradients, ...), the step that created it, the user
+line that created it (for large ones) and whether it scales with the batch. Running sums per
+category keep the breakdown at the peak exact without scanning.
+
+Known limitations:
+- Storages created while the mode is off (watch mode, or before a ``track()`` block) are unknown
+  until a census (:mod:`memprof.collect.census`) adds them.
+- Memory used inside kernels (workspaces) and by DataLoader worker processes is not seen.
+- A storage resized in place keeps the size it had when first seen.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from memprof.collect.sites import is_user_file
+from memprof.report.model import CATEGORIES, Category
+
+PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, OTHER = range(5)
+CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
+PERSISTENT = (PARAMETERS, GRADIENTS, OPTIMIZER_STATE)
+PRE_LOOP = -1  # the step index of storages created before the first iteration
+
+_Tensor = torch.Tensor
+
+
+class StorageRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to one storage and what we know of it."""
+
+    __slots__ = ("key", "nbytes", "category", "step", "seq", "site", "module", "scaled", "shape", "dtype")
+
+    key: int
+    nbytes: int
+    category: int
+    step: int
+    seq: int
+    site: tuple[str, int] | None
+    module: str
+    scaled: bool
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class StorageTracker(TorchDispatchMode):
+    """Counts live storage bytes; the session turns it on for detailed steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, StorageRef] = {}
+        self.live = 0
+        self.peak = 0
+        self.peak_seq = 0
+        self.peak_step = 0
+        self.cat = [0, 0, 0, 0, 0]
+        self.peak_cat = [0, 0, 0, 0, 0]
+        self.step = PRE_LOOP
+        self.step_peak = 0
+        self.seq = 0
+        self.module = ""  # the innermost module running (set by the module collector)
+        self.site_min_bytes = 16 * 1024  # below this, the creating line is not looked up
+        self.limit: int | None = None  # --memory-limit on CPU: raise past this many bytes
+        self.limit_device: str | None = None
+        # Batch scaling, for the advisor: bytes of storages whose size follows the batch.
+        self.batch_size: int | None = None
+        self.fixed_numels: set[int] = set()  # numels of parameters: tensors of these sizes don't scale
+        self.scaled_live = 0
+        self.rising = False
+        self.local_peaks: list[tuple[int, int]] = []  # (live, scaled_live) before each fall, this step
+        # Old transient storages (created in an earlier step, not persistent): lingering candidates.
+        self.old_transient: dict[int, StorageRef] = {}
+        self.old_transient_bytes = 0
+        self.peak_watch: Callable[[int], None] | None = None
+        self.peak_watch_at = 0
+        self.oom_request: int | None = None
+        self.on_over_limit: Callable[[int], None] | None = None
+
+    # -- the dispatch hook: keep it lean, it runs for every op ---------------------------------
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        t = type(out)
+        if t is _Tensor or t is torch.nn.Parameter:
+            self._track(out)
+        elif t is tuple or t is list:
+            for o in out:
+                if isinstance(o, _Tensor):
+                    self._track(o)
+        elif isinstance(out, _Tensor):
+            self._track(out)
+        return out
+
+    def _track(self, t: torch.Tensor) -> None:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers
+            return
+        key = id(st)
+        if key in self.refs:
+            return
+        n = st.nbytes()
+        if n == 0 or st.device.type == "meta":
+            return
+        self.add(st, t, n, self.step)
+
+    def add(self, st: Any, t: torch.Tensor, n: int, step: int, category: int = OTHER) -> StorageRef:
+        ref = StorageRef(st, self._on_free)
+        key = ref.key = id(st)
+        ref.nbytes = n
+        ref.category = category
+        ref.step = step
+        self.seq += 1
+        ref.seq = self.seq
+        ref.module = self.module
+        ref.shape = tuple(t.shape)
+        ref.dtype = str(t.dtype).replace("torch.", "")
+        ref.site = self._site() if n >= self.site_min_bytes else None
+        ref.scaled = category == OTHER and step != PRE_LOOP and self._scales(ref.shape)
+        self.refs[key] = ref
+        live = self.live + n
+        self.live = live
+        self.cat[category] += n
+        if ref.scaled:
+            self.scaled_live += n
+        self.rising = True
+        if self.limit is not None and live > self.limit:
+            self._over_limit(n)
+        if live > self.step_peak:
+            self.step_peak = live
+            if live > self.peak:
+                self.peak = live
+                self.peak_seq = ref.seq
+                self.peak_step = step
+                self.peak_cat = self.cat.copy()
+            if self.peak_watch is not None and live > self.peak_watch_at:
+                self.peak_watch(live)
+        return ref
+
+    def _on_free(self, ref: StorageRef) -> None:
+        if self.refs.pop(ref.key, None) is not ref:
+            return
+        n = ref.nbytes
+        if self.rising:
+            self.rising = False
+            self.local_peaks.append((self.live, self.scaled_live))
+        self.live -= n
+        self.cat[ref.category] -= n
+        if ref.scaled:
+            self.scaled_live -= n
+        if self.old_transient.pop(ref.key, None) is not None:
+            self.old_transient_bytes -= n
+
+    def _site(self) -> tuple[str, int] | None:
+        f = sys._getframe(3)
+        while f is not None:
+            fn = f.f_code.co_filename
+            if is_user_file(fn):
+                return (fn, f.f_lineno)
+            f = f.f_back  # type: ignore[assignment]
+        return None
+
+    def _scales(self, shape: tuple[int, ...]) -> bool:
+        b = self.batch_size
+        if not b or not shape:
+            return False
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel in self.fixed_numels:
+            return False
+        return (shape[0] >= b and shape[0] % b == 0) or b in shape
+
+    def _over_limit(self, n: int) -> None:
+        self.oom_request = n
+        limit = self.limit or 0
+        if self.on_over_limit is not None:
+            try:
+                self.on_over_limit(n)
+            except Exception:
+                pass
+        raise torch.OutOfMemoryError(
+            f"memprof --memory-limit: tried to allocate {n} bytes with {self.live - n} bytes already in use "
+            f"of a {limit} byte limit (memprof rehearses an out-of-memory on {self.limit_device or 'this device'})"
+        )
+
+    # -- what the session and the collectors call -----------------------------------------------
+    def ref_of(self, t: torch.Tensor) -> StorageRef | None:
+        try:
+            return self.refs.get(id(t.untyped_storage()))
+        except (RuntimeError, NotImplementedError):
+            return None
+
+    def ensure(self, t: torch.Tensor, category: int = OTHER, step: int | None = None) -> StorageRef | None:
+        """Track ``t``'s storage if it is not yet known (census, tensors made before the session)."""
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return None
+        ref = self.refs.get(id(st))
+        if ref is not None:
+            return ref
+        n = st.nbytes()
+        if n == 0 or st.device.type == "meta":
+            return None
+        limit, self.limit = self.limit, None  # a census never raises an out-of-memory
+        try:
+            return self.add(st, t, n, self.step if step is None else step, category)
+        finally:
+            self.limit = limit
+
+    def set_category(self, t: torch.Tensor, category: int, only_from: tuple[int, ...] | None = None) -> None:
+        ref = self.ref_of(t)
+        if ref is None:
+            ref = self.ensure(t, category)
+            return
+        old = ref.category
+        if old == category or (only_from is not None and old not in only_from):
+            return
+        n = ref.nbytes
+        self.cat[old] -= n
+        self.cat[category] += n
+        if ref.seq <= self.peak_seq:  # alive now and created before the peak: it was part of the peak
+            self.peak_cat[old] -= n
+            self.peak_cat[category] += n
+        if category in PERSISTENT:
+            if ref.scaled:
+                ref.scaled = False
+                self.scaled_live -= n
+            if self.old_transient.pop(ref.key, None) is not None:
+                self.old_transient_bytes -= n
+        ref.category = category
+
+    def begin_step(self, step: int, min_old_bytes: int = 0) -> None:
+        """A step boundary: per-step peaks restart; storages alive now become 'old'."""
+        self.step = step
+        self.step_peak = self.live
+        self.local_peaks = []
+        self.rising = False
+        old = {k: r for k, r in self.refs.items() if r.category >= ACTIVATIONS and r.nbytes >= min_old_bytes}
+        self.old_transient = old
+        self.old_transient_bytes = sum(r.nbytes for r in old.values())
+        self.peak_watch_at = 0
+
+    def breakdown(self, at_peak: bool = True) -> dict[Category, int]:
+        values = self.peak_cat if at_peak else self.cat
+        return {c: values[i] for i, c in enumerate(CATEGORIES)}
+
+    def live_refs(self) -> list[StorageRef]:
+        return list(self.refs.values())

@@ -1,0 +1,98 @@
+"""The typed record of a run that the doctor and the advisor read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memprof.collect.census import VarObservation
+
+
+@dataclass
+class LingeringCandidate:
+    """A storage from an earlier iteration, alive at this iteration's peak."""
+
+    key: int
+    nbytes: int
+    created_step: int
+    path: str | None = None  # the variable referring to it at the peak
+    file: str | None = None
+    function: str | None = None
+    first_line: int | None = None
+    line: int | None = None
+    freed_before_end: bool = False  # dropped later in the same iteration: it only lingered
+
+
+@dataclass
+class IterationRecord:
+    index: int
+    phase: str  # "train" | "eval"
+    detailed: bool
+    peak_bytes: int
+    end_bytes: int
+    batch_size: int | None
+    seconds: float
+    variables: list[VarObservation] = field(default_factory=list)
+    lingering: list[LingeringCandidate] = field(default_factory=list)
+    # (fixed, scaled) bytes at each local maximum of live memory: the advisor's batch model
+    frontier: list[tuple[int, int]] = field(default_factory=list)
+    breakdown_at_peak: dict[str, int] = field(default_factory=dict)
+    cuda_allocated_peak: int | None = None
+    cuda_reserved: int | None = None
+
+
+@dataclass
+class TensorInfo:
+    """One live storage, for the post-mortem and the growth site."""
+
+    bytes: int
+    shape: tuple[int, ...]
+    dtype: str
+    category: str
+    module: str
+    created_step: int
+    file: str | None
+    line: int | None
+
+
+@dataclass
+class OomCapture:
+    """What held memory at the moment of an out-of-memory."""
+
+    requested_bytes: int | None
+    live_bytes: int
+    limit_bytes: int | None
+    breakdown: dict[str, int]
+    by_module: dict[str, int]
+    largest: list[TensorInfo]
+    step: int
+    source: str  # "memory-limit" | "cuda"
+
+
+@dataclass
+class OptimizerInfo:
+    type: str
+    state_bytes: int
+    param_bytes: int
+    param_count: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunData:
+    """Everything the advisor may read about a finished (or failed) run."""
+
+    iterations: list[IterationRecord]
+    peak_bytes: int
+    tracked_peak_bytes: int
+    breakdown_at_peak: dict[str, int]
+    device_type: str
+    device_total_bytes: int | None
+    budget_bytes: int | None
+    memory_limit_bytes: int | None
+    optimizers: list[OptimizerInfo]
+    modules: Sequence[object]  # collect.modules.ModuleStats
+    cuda: dict[str, int] | None
+    oom: OomCapture | None
+    autocast_used: bool = False

@@ -1,0 +1,687 @@
+"""A profiling session: owns the collectors' lifetime, decides when to look closely, builds the report.
+
+``memprof run`` is a session around ``runpy``; ``memprof.track()`` a session around a block;
+``@memprof.profile`` a session around a call.
+
+Detail is costly, watching is cheap. The first ``detail_steps`` iterations run in full detail
+(every op counted, every module call hooked, a census of the user's variables at each boundary).
+Then the session watches: only the optimizer step hooks and the root modules' own hooks stay on,
+and each boundary reads one counter (the CUDA allocator's, or the process's resident memory on
+CPU). Detail comes back for a few iterations when that counter grows past what detail measured,
+when the run switches between training and evaluation, and periodically, with a backoff.
+
+Every hook catches its own errors: a memprof failure turns detail off and becomes a warning in
+the report, never an exception in the user's code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from memprof._version import __version__
+from memprof.collect.census import census, live_objects, live_tensors, names_of_storages
+from memprof.collect.cuda import CudaBackend, CudaCollector
+from memprof.collect.graphs import ForwardRecord, ForwardTracker
+from memprof.collect.modules import ModuleCollector, RootCall
+from memprof.collect.sites import main_thread_frame, user_frame
+from memprof.collect.storage import (
+    ACTIVATIONS,
+    GRADIENTS,
+    OPTIMIZER_STATE,
+    OTHER,
+    PARAMETERS,
+    PRE_LOOP,
+    StorageTracker,
+)
+from memprof.collect.timeline import (
+    IterationRecord,
+    LingeringCandidate,
+    OomCapture,
+    OptimizerInfo,
+    RunData,
+    TensorInfo,
+)
+from memprof.report.model import (
+    CATEGORIES,
+    Breakdown,
+    DeviceInfo,
+    Finding,
+    ModuleRecord,
+    Report,
+    Status,
+    StepRecord,
+)
+
+LINGER_MIN_SHARE = 0.04  # old storages below this share of live memory are not worth naming
+
+
+@dataclass
+class SessionConfig:
+    script: str = "<track>"
+    argv: list[str] = field(default_factory=list)
+    detail: str = "auto"  # "auto": detail, then watch; "full": detail on every iteration
+    detail_steps: int = 10
+    budget_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    record_cuda_history: bool = True
+    publish: bool = True  # the live channel for `memprof monitor` and `--tui`
+    advise: bool = True
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _pareto(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(fixed, scaled) points not dominated by another: all that matters for max(fixed + r*scaled)."""
+    pts = sorted({(live - scaled, scaled) for live, scaled in points}, key=lambda p: (-p[1], -p[0]))
+    out: list[tuple[int, int]] = []
+    best_fixed = -1
+    for fixed, scaled in pts:
+        if fixed > best_fixed:
+            out.append((fixed, scaled))
+            best_fixed = fixed
+    return out
+
+
+class Session:
+    def __init__(self, config: SessionConfig | None = None, cuda_backend: CudaBackend | None = None) -> None:
+        self.config = config or SessionConfig()
+        self.tracker = StorageTracker()
+        self.modules = ModuleCollector(self.tracker, self._on_root_call, self._on_root_output)
+        self.forwards = ForwardTracker(self._on_forward_dead, self._on_forward_backward)
+        self.cuda = CudaCollector(backend=cuda_backend) if cuda_backend is not None else CudaCollector()
+        from memprof.analyze import Doctor
+
+        self.doctor = Doctor()
+        self.doctor.tracker_refs = self.tracker.live_refs
+        self.iterations: list[IterationRecord] = []
+        self.warnings: list[str] = []
+        self.report: Report | None = None
+        self.started = False
+        self.stopped = False
+        self.detail = False
+        self.index = 0
+        self.phase = "train"
+        self._t0 = 0.0
+        self._iter_t0 = 0.0
+        self._iter_batch: int | None = None
+        self._iter_detailed = False
+        self._in_loop = False
+        self._step_since_root = True
+        self._backward_since_root = True
+        self._root_calls = 0
+        self._primary_opt: int | None = None
+        self._optimizers: weakref.WeakValueDictionary[int, torch.optim.Optimizer] = weakref.WeakValueDictionary()
+        self._handles: list[Any] = []
+        self._rearm = 0
+        self._watch_period = 16
+        self._watched_since_detail = 0
+        self._counter_high = 0
+        self._lingering: dict[int, LingeringCandidate] = {}
+        self._prev_lingering: list[LingeringCandidate] = []
+        self._oom: OomCapture | None = None
+        self._run_peak_cuda = 0
+        self._autocast_used = False
+        self._publisher: Any = None
+        self._last_publish = 0.0
+        self._lock = threading.RLock()
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def start(self) -> Session:
+        if self.started:
+            return self
+        self.started = True
+        self._t0 = self._iter_t0 = time.perf_counter()
+        self._wall0 = time.time()
+        cfg = self.config
+        try:
+            on_cuda = self.cuda.start(record_history=cfg.record_cuda_history)
+            if cfg.memory_limit_bytes is not None:
+                if on_cuda:
+                    self.cuda.cap(cfg.memory_limit_bytes)
+                else:
+                    self.tracker.limit = cfg.memory_limit_bytes
+                    self.tracker.limit_device = "CPU"
+        except Exception as e:
+            self._warn(f"CUDA collector disabled: {e}")
+        self._handles.append(register_optimizer_step_pre_hook(self._guard(self._on_opt_pre)))
+        self._handles.append(register_optimizer_step_post_hook(self._guard(self._on_opt_post)))
+        self.tracker.peak_watch = self._on_peak_watch
+        self.tracker.on_over_limit = lambda n: self.capture_oom(n, "memory-limit")
+        self.cuda.on_oom = lambda ev: self.capture_oom(ev.requested_bytes, "cuda")
+        self._adopt_existing()
+        self._set_detail(True)
+        if cfg.publish:
+            self._start_publisher()
+        return self
+
+    def _adopt_existing(self) -> None:
+        """Count what exists before the session (``track()`` inside a program) as pre-loop memory."""
+        if sys.getrefcount is None:  # pragma: no cover
+            return
+        try:
+            for t in live_tensors():
+                self.tracker.ensure(t, step=PRE_LOOP)
+            for obj in _live_modules():
+                for p in obj.parameters():
+                    self.tracker.set_category(p, PARAMETERS)
+        except Exception as e:
+            self._warn(f"census of existing tensors failed: {e}")
+
+    def stop(self, status: Status = Status.OK, exc: BaseException | None = None, exit_code: int | None = None) -> Report:
+        """Stop every hook and build the report. Safe to call more than once."""
+        if self.report is not None:
+            return self.report
+        self.stopped = True
+        try:
+            self._finish_iteration_if_open()
+        except Exception as e:
+            self._warn(f"last iteration not recorded: {e}")
+        self._set_detail(False)
+        for h in self._handles:
+            try:
+                h.remove()
+            except Exception:
+                pass
+        self._handles = []
+        self.modules.close()
+        self.forwards.enabled = False
+        self.cuda.stop()
+        self.tracker.peak_watch = None
+        report = self._build_report(status, exc, exit_code)
+        self.report = report
+        self._publish(final=True)
+        if self._publisher is not None:
+            try:
+                self._publisher.close()
+            except Exception:
+                pass
+        return report
+
+    def __enter__(self) -> Session:
+        return self.start()
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if ev is None:
+            status = Status.OK
+        elif isinstance(ev, torch.OutOfMemoryError):
+            status = Status.OOM
+        elif isinstance(ev, KeyboardInterrupt):
+            status = Status.INTERRUPTED
+        else:
+            status = Status.ERROR
+        self.stop(status, ev)
+
+    # -- detail on/off ---------------------------------------------------------------------------
+    def _set_detail(self, on: bool) -> None:
+        if on == self.detail:
+            return
+        try:
+            if on:
+                if self.iterations:  # back from watch mode: count what was made meanwhile
+                    self._catch_up_census()
+                self.tracker.__enter__()
+                self.modules.enable_detail()
+            else:
+                self.modules.disable_detail()
+                self.tracker.__exit__(None, None, None)
+            self.detail = on
+        except Exception as e:
+            self._warn(f"could not switch detail {'on' if on else 'off'}: {e}")
+            self.detail = False
+
+    def _catch_up_census(self) -> None:
+        for t in live_tensors():
+            self.tracker.ensure(t)
+        self._categorise_optimizers()
+
+    def _guard(self, fn: Any) -> Any:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if self.stopped:
+                return None
+            try:
+                return fn(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:
+                self._warn(f"internal error in {fn.__name__}: {e!r}; detail turned off", tb=True)
+                self._set_detail(False)
+                self.config.detail = "off"
+            return None
+
+        return guarded
+
+    def _warn(self, message: str, tb: bool = False) -> None:
+        if tb and os.environ.get("MEMPROF_DEBUG"):
+            traceback.print_exc()
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._optimizers[id(opt)] = opt
+        if self.detail:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self.tracker.set_category(p.grad, GRADIENTS)
+            self.modules.record_gradients()
+
+    def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._primary_opt is None:
+            self._primary_opt = id(opt)
+        if self.detail:
+            self._categorise_optimizer(opt)
+        if id(opt) != self._primary_opt:
+            return
+        self._step_since_root = True
+        self._end_iteration("train", sys._getframe(1))
+
+    def _categorise_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        tracker = self.tracker
+        for group in opt.param_groups:
+            for p in group["params"]:
+                tracker.set_category(p, PARAMETERS)
+                tracker.fixed_numels.add(p.numel())
+        for state in opt.state.values():
+            for v in state.values():
+                if isinstance(v, torch.Tensor):
+                    tracker.set_category(v, OPTIMIZER_STATE)
+
+    def _categorise_optimizers(self) -> None:
+        for opt in list(self._optimizers.values()):
+            self._categorise_optimizer(opt)
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self.tracker.set_category(p.grad, GRADIENTS)
+
+    def _on_root_call(self, call: RootCall) -> None:
+        if self.stopped:
+            return
+        try:
+            self._root_calls += 1
+            if not self._in_loop:
+                self._in_loop = True
+                self._begin_iteration(0)
+            elif not self._step_since_root and not self._backward_since_root:
+                # Another call of the model with no optimizer step and no backward since the last:
+                # the last call was an iteration of an evaluation (or inference) loop.
+                self._end_iteration("eval", sys._getframe(2))
+            if self._iter_batch is None:
+                self._iter_batch = call.batch_size
+                if call.batch_size:
+                    self.tracker.batch_size = self.tracker.batch_size or call.batch_size
+            self._step_since_root = False
+            self._backward_since_root = False
+            if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
+                self._autocast_used = True
+        except Exception as e:
+            self._warn(f"internal error at a model call: {e!r}", tb=True)
+
+    def _on_root_output(self, call: RootCall, output: Any) -> None:
+        if self.stopped or not call.grad_enabled:
+            return
+        try:
+            record = ForwardRecord(module=call.name, site=call.site, step=self.index, phase=self.phase)
+            if self.detail:
+                record.saved_bytes = sum(
+                    st._step_bytes for st in self.modules.stats.values() if st.module_id == id(call.module)
+                )
+            self.forwards.watch(output, record)
+        except Exception as e:
+            self._warn(f"internal error after a model call: {e!r}", tb=True)
+
+    def _on_forward_backward(self, record: ForwardRecord) -> None:
+        self._backward_since_root = True
+
+    def _on_forward_dead(self, record: ForwardRecord) -> None:
+        if not record.backpropagated and not self.stopped:
+            with self._lock:
+                self.doctor.forward_dropped(record, self.index)
+
+    def _on_peak_watch(self, live: int) -> None:
+        """A new high of this iteration: note old storages still alive, and who holds them."""
+        tracker = self.tracker
+        tracker.peak_watch_at = int(live * 1.01)
+        if tracker.old_transient_bytes < LINGER_MIN_SHARE * live:
+            self._lingering = {}
+            return
+        big = {k: r for k, r in tracker.old_transient.items() if r.nbytes >= 0.01 * live}
+        if not big:
+            return
+        names = names_of_storages(main_thread_frame(), set(big))
+        found: dict[int, LingeringCandidate] = {}
+        for k, r in big.items():
+            c = LingeringCandidate(key=k, nbytes=r.nbytes, created_step=r.step)
+            if k in names:
+                path, frame = names[k]
+                code = frame.f_code
+                c.path, c.file, c.function = path, code.co_filename, code.co_name
+                c.first_line, c.line = code.co_firstlineno, frame.f_lineno
+            found[k] = c
+        self._lingering = found
+
+    # -- iterations ------------------------------------------------------------------------------
+    def _begin_iteration(self, index: int) -> None:
+        self.index = index
+        self.forwards.step = index
+        self._iter_t0 = time.perf_counter()
+        self._iter_batch = None
+        self._iter_detailed = self.detail
+        self.tracker.begin_step(index, min_old_bytes=4096)
+        self._lingering = {}
+        if self.cuda.active:
+            try:
+                self.cuda.backend.reset_peak(self.cuda.index)
+            except Exception:
+                pass
+
+    def _end_iteration(self, phase: str, frame: FrameType | None) -> None:
+        with self._lock:
+            self._record_iteration(phase, frame)
+            self._schedule(phase)
+            self._begin_iteration(self.index + 1)
+            self.phase = phase
+        now = time.perf_counter()
+        if now - self._last_publish > 0.1:
+            self._publish()
+
+    def _record_iteration(self, phase: str, frame: FrameType | None) -> None:
+        tracker = self.tracker
+        detailed = self._iter_detailed and self.detail
+        cuda_peak = cuda_reserved = None
+        counters = self.cuda.on_step() if self.cuda.active else None
+        if counters is not None:
+            cuda_peak = counters.allocated_peak_bytes
+            cuda_reserved = counters.reserved_bytes
+            self._run_peak_cuda = max(self._run_peak_cuda, cuda_peak)
+        if detailed:
+            peak, end = tracker.step_peak, tracker.live
+        elif counters is not None:
+            peak, end = counters.allocated_peak_bytes, counters.allocated_bytes
+        else:  # watched on CPU: what detail last measured; the counter guards against change
+            last = next((it for it in reversed(self.iterations) if it.detailed), None)
+            peak = last.peak_bytes if last else tracker.step_peak
+            end = last.end_bytes if last else tracker.live
+        rec = IterationRecord(
+            index=self.index, phase=phase, detailed=detailed, peak_bytes=peak, end_bytes=end,
+            batch_size=self._iter_batch, seconds=time.perf_counter() - self._iter_t0,
+            cuda_allocated_peak=cuda_peak, cuda_reserved=cuda_reserved,
+        )
+        if detailed:
+            rec.frontier = _pareto(tracker.local_peaks + [(tracker.live, tracker.scaled_live)])
+            rec.breakdown_at_peak = {c.value: tracker.cat[i] for i, c in enumerate(CATEGORIES)}
+            self.modules.end_step()
+            if phase == "train":
+                self.modules.record_gradients()
+            self._categorise_optimizers()
+            rec.variables = census(frame, max_frames=16, forward_keys=set(self.forwards.by_node))
+            rec.lingering = self._resolve_lingering()
+            self.doctor.observe(rec, self.forwards.by_node)
+        self.iterations.append(rec)
+
+    def _resolve_lingering(self) -> list[LingeringCandidate]:
+        """Candidates of the previous iteration that died during this one really only lingered."""
+        confirmed = []
+        for c in self._prev_lingering:
+            c.freed_before_end = c.key not in self.tracker.refs
+            if c.freed_before_end:
+                confirmed.append(c)
+        self._prev_lingering = list(self._lingering.values())
+        return confirmed
+
+    def _schedule(self, phase: str) -> None:
+        """Decide whether the next iteration runs in detail."""
+        cfg = self.config
+        if cfg.detail == "off":
+            self._set_detail(False)
+            return
+        if cfg.detail == "full" or self.tracker.limit is not None:
+            self._set_detail(True)
+            return
+        n = self.index + 1
+        want = n < cfg.detail_steps
+        if phase != self.phase:
+            self._rearm = max(self._rearm, 4)  # a new phase (training <-> evaluation): look again
+        counter = self._counter()
+        if self.detail:
+            self._counter_high = max(self._counter_high, counter)
+            self._watched_since_detail = 0
+        else:
+            self._watched_since_detail += 1
+            # RSS (CPU) and the allocator (CUDA) rise only past their high-water mark: a rise of a
+            # MiB means live memory beyond anything detail measured.
+            margin = 1 << 20
+            if counter > self._counter_high + margin:  # memory beyond what detail saw: look again
+                self._rearm = max(self._rearm, 2)
+                self._counter_high = counter
+            elif self._watched_since_detail >= self._watch_period:
+                self._rearm = max(self._rearm, 2)
+                self._watch_period = min(self._watch_period * 2, 1024)
+        if self._rearm > 0:
+            self._rearm -= 1
+            want = True
+        self._set_detail(want)
+
+    def _counter(self) -> int:
+        if self.cuda.active:
+            try:
+                return self.cuda.allocated()
+            except Exception:
+                return 0
+        return _rss_bytes()
+
+    def _finish_iteration_if_open(self) -> None:
+        """At the end of a run: record an evaluation iteration still open, and the last lingering check."""
+        if self._in_loop and not self._step_since_root and self._root_calls:
+            self._record_iteration("eval" if self.phase == "eval" or self._primary_opt is None else self.phase, None)
+        # Forward passes still pending at the end without backward: their graphs are dropped now.
+        self.doctor.finish_forwards([r for r in self.forwards.pending() if not r.backpropagated], self.index)
+
+    # -- out of memory -------------------------------------------------------------------------
+    def capture_oom(self, requested: int | None, source: str) -> None:
+        """Record what holds memory now; called at the moment of an out-of-memory."""
+        if self._oom is not None:
+            return
+        tracker = self.tracker
+        refs = sorted(tracker.live_refs(), key=lambda r: -r.nbytes)
+        by_module: dict[str, int] = {}
+        for r in refs:
+            name = r.module or ("(before the first step)" if r.step == PRE_LOOP else "(outside modules)")
+            by_module[name] = by_module.get(name, 0) + r.nbytes
+        largest = [
+            TensorInfo(
+                bytes=r.nbytes, shape=r.shape, dtype=r.dtype, category=CATEGORIES[r.category].value,
+                module=r.module, created_step=r.step, file=r.site[0] if r.site else None,
+                line=r.site[1] if r.site else None,
+            )
+            for r in refs[:10]
+        ]
+        self._oom = OomCapture(
+            requested_bytes=requested, live_bytes=tracker.live,
+            limit_bytes=self.config.memory_limit_bytes,
+            breakdown={c.value: tracker.cat[i] for i, c in enumerate(CATEGORIES)},
+            by_module=dict(sorted(by_module.items(), key=lambda kv: -kv[1])[:12]),
+            largest=largest, step=self.index, source=source,
+        )
+
+    # -- the report ------------------------------------------------------------------------------
+    def run_data(self) -> RunData:
+        device_type = "cuda" if self.cuda.active else "cpu"
+        dev = self.cuda.device() if self.cuda.active else None
+        optimizers = []
+        for opt in list(self._optimizers.values()):
+            state = sum(
+                v.untyped_storage().nbytes()
+                for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0
+            )
+            params = [p for g in opt.param_groups for p in g["params"]]
+            options = {k: v for k, v in opt.defaults.items() if isinstance(v, (bool, int, float, str, type(None)))}
+            optimizers.append(OptimizerInfo(
+                type=type(opt).__name__, state_bytes=state, param_bytes=sum(p.untyped_storage().nbytes() for p in params),
+                param_count=sum(p.numel() for p in params), options=options,
+            ))
+        cuda_final = None
+        if self.cuda.steps:
+            from dataclasses import asdict
+
+            cuda_final = asdict(self.cuda.steps[-1])
+        peak = self._run_peak_cuda if self.cuda.active and self._run_peak_cuda else self.tracker.peak
+        return RunData(
+            iterations=self.iterations, peak_bytes=peak, tracked_peak_bytes=self.tracker.peak,
+            breakdown_at_peak={c.value: self.tracker.peak_cat[i] for i, c in enumerate(CATEGORIES)},
+            device_type=device_type, device_total_bytes=dev[1] if dev else None,
+            budget_bytes=self.config.budget_bytes, memory_limit_bytes=self.config.memory_limit_bytes,
+            optimizers=optimizers, modules=self.modules.records(), cuda=cuda_final, oom=self._oom,
+            autocast_used=self._autocast_used,
+        )
+
+    def _build_report(self, status: Status, exc: BaseException | None, exit_code: int | None) -> Report:
+        data = self.run_data()
+        dev = self.cuda.device() if self.cuda.active else None
+        device = DeviceInfo(type=data.device_type, name=dev[0] if dev else "cpu", total_bytes=dev[1] if dev else None,
+                            index=self.cuda.index if self.cuda.active else None)
+        breakdown = Breakdown.from_mapping(data.breakdown_at_peak)
+        if data.peak_bytes != breakdown.total:  # CUDA: the allocator's peak; rounding etc. is "other"
+            breakdown.other += data.peak_bytes - breakdown.total
+            breakdown.other = max(breakdown.other, 0)
+        steps = [
+            StepRecord(index=i, peak_bytes=it.peak_bytes, end_bytes=it.end_bytes, batch_size=it.batch_size,
+                       seconds=round(it.seconds, 6), phase=it.phase, detailed=it.detailed)
+            for i, it in enumerate(self.iterations)
+        ]
+        modules = sorted(
+            (ModuleRecord(name=m.name, type=m.type, parameter_bytes=m.parameter_bytes,
+                          activation_bytes=m.activation_bytes, gradient_bytes=m.gradient_bytes, calls=m.calls)
+             for m in self.modules.records()),
+            key=lambda m: (-m.activation_bytes, -m.parameter_bytes, m.name),
+        )
+        report = Report(
+            script=self.config.script, argv=list(self.config.argv), status=status, device=device,
+            peak_bytes=int(data.peak_bytes), steps=steps, breakdown_at_peak=breakdown, modules=modules,
+            exit_code=exit_code, duration_seconds=time.perf_counter() - self._t0, memprof_version=__version__,
+        )
+        if exc is not None:
+            report.error = f"{type(exc).__name__}: {exc}"[:2000]
+        if self.cuda.active:
+            report.cuda = data.cuda or {}
+            report.cuda["history_recorded"] = self.cuda.history
+        self.warnings.extend(e for e in self.cuda.errors if e not in self.warnings)
+        findings: list[Finding] = []
+        try:
+            findings = self.doctor.finish(data, status=status, exc=exc)
+        except Exception as e:
+            self._warn(f"the doctor failed: {e!r}", tb=True)
+        report.findings = findings
+        if data.oom is not None:
+            report.oom = {
+                "source": data.oom.source, "requested_bytes": data.oom.requested_bytes,
+                "live_bytes": data.oom.live_bytes, "limit_bytes": data.oom.limit_bytes,
+                "breakdown": data.oom.breakdown, "by_module": data.oom.by_module, "step": data.oom.step,
+            }
+            report.largest_tensors = [
+                {"bytes": t.bytes, "shape": list(t.shape), "dtype": t.dtype, "category": t.category,
+                 "module": t.module, "created_step": t.created_step, "file": t.file, "line": t.line}
+                for t in data.oom.largest
+            ]
+        if self.config.advise:
+            try:
+                from memprof.advise import advise
+
+                advice = advise(data)
+                report.recommendations = advice.recommendations
+                report.advisor = advice.model
+            except Exception as e:
+                self._warn(f"the advisor failed: {e!r}", tb=True)
+        report.warnings = list(self.warnings)
+        return report
+
+    # -- live channel --------------------------------------------------------------------------
+    def _start_publisher(self) -> None:
+        try:
+            from memprof.live.channel import LivePublisher
+
+            self._publisher = LivePublisher.start({"script": self.config.script})
+        except Exception as e:
+            self._publisher = None
+            if os.environ.get("MEMPROF_LIVE_SOCKET"):
+                self._warn(f"live channel unavailable: {e}")
+
+    def _publish(self, final: bool = False) -> None:
+        if self._publisher is None:
+            return
+        try:
+            from memprof.live.state import LiveSample, LiveState
+            from memprof.report.json_io import report_to_dict
+
+            self._last_publish = time.perf_counter()
+            its = self.iterations[-300:]
+            t_end = self._t0
+            samples, marks = [], []
+            acc = sum(it.seconds for it in self.iterations[: len(self.iterations) - len(its)])
+            for it in its:
+                acc += it.seconds
+                samples.append(LiveSample(t=round(acc, 4), bytes=it.peak_bytes, step=it.index))
+                marks.append(round(acc, 4))
+            del t_end
+            last = self.iterations[-1] if self.iterations else None
+            report = self.report
+            state = LiveState(
+                pid=os.getpid(), script=self.config.script, argv=list(self.config.argv), started_at=self._wall0,
+                status=report.status.value if (final and report) else "running",
+                step=len(self.iterations), phase=self.phase, batch_size=last.batch_size if last else None,
+                current_bytes=last.end_bytes if last else self.tracker.live,
+                peak_bytes=max(self.tracker.peak, self._run_peak_cuda), budget_bytes=self.config.budget_bytes,
+                device={"type": "cuda" if self.cuda.active else "cpu"},
+                breakdown={c.value: self.tracker.peak_cat[i] for i, c in enumerate(CATEGORIES)},
+                samples=samples, step_marks=marks,
+            )
+            if report is not None:
+                d = report_to_dict(report)
+                state.modules = d["modules"][:50]
+                state.findings = d["findings"]
+                state.recommendations = d["recommendations"]
+                state.peak_bytes = report.peak_bytes
+            else:
+                state.modules = [
+                    {"name": m.name, "type": m.type, "parameter_bytes": m.parameter_bytes,
+                     "activation_bytes": m.activation_bytes, "gradient_bytes": m.gradient_bytes, "calls": m.calls}
+                    for m in sorted(self.modules.records(), key=lambda m: -m.activation_bytes)[:50]
+                ]
+                state.findings = [_finding_dict(f) for f in self.doctor.findings]
+            self._publisher.publish(state)
+        except Exception as e:
+            self._warn(f"live channel: {e!r}")
+
+
+def _finding_dict(f: Finding) -> dict[str, Any]:
+    return {"kind": f.kind.value, "severity": f.severity.value, "file": f.file, "line": f.line,
+            "variable": f.variable, "bytes": f.bytes, "message": f.message, "advice": f.advice, "step": f.step}
+
+
+def _live_modules() -> list[torch.nn.Module]:
+    return live_objects(torch.nn.Module)
+
+
+def current_user_frame() -> FrameType | None:
+    return user_frame(sys._getframe(1))
+
+
+__all__ = ["Session", "SessionConfig", "ACTIVATIONS", "OTHER"]
