@@ -33,7 +33,7 @@ from memprof._version import __version__
 from memprof.collect.census import census, live_objects, live_tensors, names_of_storages
 from memprof.collect.cuda import CudaBackend, CudaCollector
 from memprof.collect.graphs import ForwardRecord, ForwardTracker
-from memprof.collect.modules import ModuleCollector, RootCall
+from memprof.collect.modules import ModuleCollector, RootCall, batch_size_of
 from memprof.collect.sites import main_thread_frame, user_frame
 from memprof.collect.storage import (
     ACTIVATIONS,
@@ -126,6 +126,8 @@ class Session:
         self._step_since_root = True
         self._backward_since_root = True
         self._root_calls = 0
+        self._last_call_followed = False
+        self._next_check = 0.0
         self._primary_opt: int | None = None
         self._optimizers: weakref.WeakValueDictionary[int, torch.optim.Optimizer] = weakref.WeakValueDictionary()
         self._handles: list[Any] = []
@@ -136,6 +138,7 @@ class Session:
         self._lingering: dict[int, LingeringCandidate] = {}
         self._prev_lingering: list[LingeringCandidate] = []
         self._oom: OomCapture | None = None
+        self._last_detailed: IterationRecord | None = None
         self._run_peak_cuda = 0
         self._autocast_used = False
         self._publisher: Any = None
@@ -275,8 +278,8 @@ class Session:
 
     # -- hooks -----------------------------------------------------------------------------------
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._optimizers[id(opt)] = opt
         if self.detail:
+            self._optimizers[id(opt)] = opt
             for group in opt.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
@@ -287,11 +290,44 @@ class Session:
         if self._primary_opt is None:
             self._primary_opt = id(opt)
         if self.detail:
+            self._optimizers[id(opt)] = opt
             self._categorise_optimizer(opt)
         if id(opt) != self._primary_opt:
             return
         self._step_since_root = True
-        self._end_iteration("train", sys._getframe(1))
+        if not self.detail and not self._iter_detailed:
+            self._watch_boundary("train")
+        else:
+            self._end_iteration("train", sys._getframe(1))
+
+    def _watch_boundary(self, phase: str) -> None:
+        """A boundary in watch mode: one record and, every 50 ms, one look at the counter."""
+        now = time.perf_counter()
+        last = self._last_detailed
+        self.iterations.append(IterationRecord(
+            index=self.index, phase=phase, detailed=False,
+            peak_bytes=last.peak_bytes if last else 0, end_bytes=last.end_bytes if last else 0,
+            batch_size=self._iter_batch, seconds=now - self._iter_t0,
+        ))
+        self.index += 1
+        self.forwards.step = self.index
+        self._iter_t0 = now
+        self._iter_batch = None
+        if now >= self._next_check:
+            self._next_check = now + 0.05
+            if self.cuda.active:  # exact figures for watched steps on CUDA, at the check's pace
+                c = self.cuda.on_step()
+                if c is not None:
+                    rec = self.iterations[-1]
+                    rec.peak_bytes, rec.end_bytes = c.allocated_peak_bytes, c.allocated_bytes
+                    self._run_peak_cuda = max(self._run_peak_cuda, c.allocated_peak_bytes)
+                    self.cuda.backend.reset_peak(self.cuda.index)
+            self._schedule(phase)
+            if self.detail:
+                self._begin_iteration(self.index)
+            self.phase = phase
+            if now - self._last_publish > 0.1:
+                self._publish()
 
     def _categorise_optimizer(self, opt: torch.optim.Optimizer) -> None:
         tracker = self.tracker
@@ -312,28 +348,41 @@ class Session:
                     if p.grad is not None:
                         self.tracker.set_category(p.grad, GRADIENTS)
 
-    def _on_root_call(self, call: RootCall) -> None:
+    def _on_root_call(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RootCall | None:
+        """A call of a model. Returns the call when its output is to be followed."""
         if self.stopped:
-            return
+            return None
         try:
             self._root_calls += 1
+            fresh_step = self._step_since_root
+            if fresh_step and not self.detail and self._in_loop:
+                # Watch mode, the first model call after an optimizer step: the common case, kept cheap.
+                self._step_since_root = False
+                self._last_call_followed = False
+                if self._iter_batch is None:
+                    self._iter_batch = batch_size_of(args, kwargs)
+                return None
             if not self._in_loop:
                 self._in_loop = True
                 self._begin_iteration(0)
-            elif not self._step_since_root and not self._backward_since_root:
+            elif not fresh_step and self._last_call_followed and not self._backward_since_root:
                 # Another call of the model with no optimizer step and no backward since the last:
                 # the last call was an iteration of an evaluation (or inference) loop.
-                self._end_iteration("eval", sys._getframe(2))
+                self._end_iteration("eval", sys._getframe(1))
+            call = self.modules.make_call(module, args, kwargs)
             if self._iter_batch is None:
                 self._iter_batch = call.batch_size
-                if call.batch_size:
-                    self.tracker.batch_size = self.tracker.batch_size or call.batch_size
+            if call.batch_size and not self.tracker.batch_size:
+                self.tracker.batch_size = call.batch_size
             self._step_since_root = False
             self._backward_since_root = False
+            self._last_call_followed = True
             if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
                 self._autocast_used = True
+            return call
         except Exception as e:
             self._warn(f"internal error at a model call: {e!r}", tb=True)
+            return None
 
     def _on_root_output(self, call: RootCall, output: Any) -> None:
         if self.stopped or not call.grad_enabled:
@@ -417,7 +466,7 @@ class Session:
         elif counters is not None:
             peak, end = counters.allocated_peak_bytes, counters.allocated_bytes
         else:  # watched on CPU: what detail last measured; the counter guards against change
-            last = next((it for it in reversed(self.iterations) if it.detailed), None)
+            last = self._last_detailed
             peak = last.peak_bytes if last else tracker.step_peak
             end = last.end_bytes if last else tracker.live
         rec = IterationRecord(
@@ -435,6 +484,7 @@ class Session:
             rec.variables = census(frame, max_frames=16, forward_keys=set(self.forwards.by_node))
             rec.lingering = self._resolve_lingering()
             self.doctor.observe(rec, self.forwards.by_node)
+            self._last_detailed = rec
         self.iterations.append(rec)
 
     def _resolve_lingering(self) -> list[LingeringCandidate]:
@@ -465,7 +515,7 @@ class Session:
             self._counter_high = max(self._counter_high, counter)
             self._watched_since_detail = 0
         else:
-            self._watched_since_detail += 1
+            self._watched_since_detail = self.index - (self._last_detailed.index if self._last_detailed else 0)
             # RSS (CPU) and the allocator (CUDA) rise only past their high-water mark: a rise of a
             # MiB means live memory beyond anything detail measured.
             margin = 1 << 20
@@ -474,7 +524,7 @@ class Session:
                 self._counter_high = counter
             elif self._watched_since_detail >= self._watch_period:
                 self._rearm = max(self._rearm, 2)
-                self._watch_period = min(self._watch_period * 2, 1024)
+                self._watch_period = min(self._watch_period * 2, 4096)
         if self._rearm > 0:
             self._rearm -= 1
             want = True

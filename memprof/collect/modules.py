@@ -84,7 +84,7 @@ class ModuleCollector:
     def __init__(
         self,
         tracker: StorageTracker,
-        on_root_call: Callable[[RootCall], None],
+        on_root_call: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], RootCall | None],
         on_root_output: Callable[[RootCall, Any], None],
     ) -> None:
         self.tracker = tracker
@@ -99,7 +99,8 @@ class ModuleCollector:
         self._root_handles: list[RemovableHandle] = []
         self._global_handles: list[RemovableHandle] = []
         self._saved_hooks: Any = None
-        self._current_root: RootCall | None = None
+        self._current_root: nn.Module | None = None
+        self._current_call: RootCall | None = None
         self.detail = False
 
     # -- detail on/off ---------------------------------------------------------------------------
@@ -174,27 +175,33 @@ class ModuleCollector:
             f = user_frame(f)
         return None
 
+    # The root hooks stay on in watch mode: keep the common path to a few attribute reads.
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._current_root is not None:  # a root called inside another root: not an iteration
             return
+        self._current_root = module
+        self._current_call = self.on_root_call(module, args, kwargs)
+
+    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._current_root is not module:
+            return
+        self._current_root = None
+        call = self._current_call
+        if call is not None:
+            self._current_call = None
+            self.on_root_output(call, output)
+
+    def make_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> RootCall:
+        """The details of a root call the session follows: who called it, with what batch."""
         frame = user_frame(sys._getframe(1))
         site = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
-        call = RootCall(
+        return RootCall(
             module=module,
             name=self.names.get(id(module), type(module).__name__),
             batch_size=batch_size_of(args, kwargs),
             grad_enabled=torch.is_grad_enabled(),
             site=site,
         )
-        self._current_root = call
-        self.on_root_call(call)
-
-    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        call = self._current_root
-        if call is None or call.module is not module:
-            return
-        self._current_root = None
-        self.on_root_output(call, output)
 
     # -- global hooks (detail only) ----------------------------------------------------------------
     def _pre(self, module: nn.Module, args: Any) -> None:
