@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
+import inspect
 
 from memprof.cli.base import Command
 from memprof.errors import MemprofError
@@ -37,7 +37,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     registry: dict[str, Command] = {}
     for cmd in _commands():
-        doc = textwrap.dedent(type(cmd).__doc__ or "").strip()
+        doc = inspect.cleandoc(type(cmd).__doc__ or "")
         summary = doc.splitlines()[0] if doc else ""
         p = sub.add_parser(
             cmd.name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter

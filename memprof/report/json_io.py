@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import tempfile
@@ -31,6 +32,8 @@ def _plain(value: Any) -> Any:
         return {str(k.value if hasattr(k, "value") else k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):  # before str: str(Severity.ERROR) is 'Severity.ERROR', not 'error'
+        return _plain(value.value)
     if hasattr(value, "value") and not isinstance(value, (int, float, str)):
         return value.value
     if isinstance(value, str):
@@ -164,6 +167,8 @@ def save_report(report: Report, path: str | os.PathLike[str]) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(report_to_dict(report), fh, indent=2)
             fh.write("\n")
+        # mkstemp makes the file private (0600); a report is an ordinary file others may read.
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
     except BaseException:
         try:
