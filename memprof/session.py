@@ -124,9 +124,11 @@ class Session:
         self._iter_detailed = False
         self._in_loop = False
         self._step_since_root = True
-        self._backward_since_root = True
+        # Each model called since the last optimizer step -> (backwards seen at its call, call site).
+        self._called_since_step: dict[int, tuple[int, tuple[int, int] | None]] = {}
+        self._backwards = 0
         self._root_calls = 0
-        self._last_call_followed = False
+        self._opt_in_iteration = False  # an optimizer (any) stepped in the open iteration
         self._next_check = 0.0
         self._primary_opt: int | None = None
         self._optimizers: weakref.WeakValueDictionary[int, torch.optim.Optimizer] = weakref.WeakValueDictionary()
@@ -287,6 +289,7 @@ class Session:
             self.modules.record_gradients()
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._opt_in_iteration = True
         if self._primary_opt is None:
             self._primary_opt = id(opt)
         if self.detail:
@@ -295,6 +298,7 @@ class Session:
         if id(opt) != self._primary_opt:
             return
         self._step_since_root = True
+        self._called_since_step = {}
         if not self.detail and not self._iter_detailed:
             self._watch_boundary("train")
         else:
@@ -313,6 +317,7 @@ class Session:
         self.forwards.step = self.index
         self._iter_t0 = now
         self._iter_batch = None
+        self._opt_in_iteration = False
         if now >= self._next_check:
             self._next_check = now + 0.05
             if self.cuda.active:  # exact figures for watched steps on CUDA, at the check's pace
@@ -354,29 +359,32 @@ class Session:
             return None
         try:
             self._root_calls += 1
-            fresh_step = self._step_since_root
-            if fresh_step and not self.detail and self._in_loop:
-                # Watch mode, the first model call after an optimizer step: the common case, kept cheap.
+            key = id(module)
+            called = self._called_since_step
+            prev = called.get(key)
+            if prev is None and not self.detail and self._in_loop:
+                # Watch mode, the model's first call since an optimizer step: the common case, kept cheap.
+                called[key] = (self._backwards, None)
                 self._step_since_root = False
-                self._last_call_followed = False
                 if self._iter_batch is None:
                     self._iter_batch = batch_size_of(args, kwargs)
                 return None
+            call = self.modules.make_call(module, args, kwargs)
             if not self._in_loop:
                 self._in_loop = True
                 self._begin_iteration(0)
-            elif not fresh_step and self._last_call_followed and not self._backward_since_root:
-                # Another call of the model with no optimizer step and no backward since the last:
-                # the last call was an iteration of an evaluation (or inference) loop.
+            elif prev is not None and prev[1] == call.call_site and prev[0] == self._backwards:
+                # The same call of the same model again (a loop), with no optimizer step and no
+                # backward since: that call was an iteration of an evaluation (or inference) loop.
+                # Calls from other places (D(real), then D(fake)) belong to one iteration.
                 self._end_iteration("eval", sys._getframe(1))
-            call = self.modules.make_call(module, args, kwargs)
+                self._called_since_step = called = {}
+            called[key] = (self._backwards, call.call_site)
             if self._iter_batch is None:
                 self._iter_batch = call.batch_size
             if call.batch_size and not self.tracker.batch_size:
                 self.tracker.batch_size = call.batch_size
             self._step_since_root = False
-            self._backward_since_root = False
-            self._last_call_followed = True
             if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
                 self._autocast_used = True
             return call
@@ -398,7 +406,7 @@ class Session:
             self._warn(f"internal error after a model call: {e!r}", tb=True)
 
     def _on_forward_backward(self, record: ForwardRecord) -> None:
-        self._backward_since_root = True
+        self._backwards += 1
 
     def _on_forward_dead(self, record: ForwardRecord) -> None:
         if not record.backpropagated and not self.stopped:
@@ -426,6 +434,7 @@ class Session:
                 c.first_line, c.line = code.co_firstlineno, frame.f_lineno
             found[k] = c
         self._lingering = found
+        tracker.linger_free = {k: -1 for k in found}
 
     # -- iterations ------------------------------------------------------------------------------
     def _begin_iteration(self, index: int) -> None:
@@ -433,6 +442,7 @@ class Session:
         self.forwards.step = index
         self._iter_t0 = time.perf_counter()
         self._iter_batch = None
+        self._opt_in_iteration = False
         self._iter_detailed = self.detail
         self.tracker.begin_step(index, min_old_bytes=4096)
         self._lingering = {}
@@ -481,20 +491,40 @@ class Session:
             if phase == "train":
                 self.modules.record_gradients()
             self._categorise_optimizers()
-            rec.variables = census(frame, max_frames=16, forward_keys=set(self.forwards.by_node))
+            rec.variables = census(frame, max_frames=16, forward_keys=set(self.forwards.by_node), step=self.index)
             rec.lingering = self._resolve_lingering()
             self.doctor.observe(rec, self.forwards.by_node)
             self._last_detailed = rec
         self.iterations.append(rec)
 
     def _resolve_lingering(self) -> list[LingeringCandidate]:
-        """Candidates of the previous iteration that died during this one really only lingered."""
+        """Old storages alive at a peak that died soon after: what dropping them earlier would save.
+
+        Freed later in the same iteration: the peak without it is the higher of (the peak minus
+        its bytes) and the highest point after it died. Still alive at the iteration's end and
+        freed during the next one: it was there for the whole rest of the iteration.
+        """
+        tracker = self.tracker
         confirmed = []
         for c in self._prev_lingering:
-            c.freed_before_end = c.key not in self.tracker.refs
-            if c.freed_before_end:
+            if c.key not in tracker.refs:
+                c.freed_before_end = True
+                c.saving = c.nbytes
                 confirmed.append(c)
-        self._prev_lingering = list(self._lingering.values())
+        deferred = []
+        peak = tracker.step_peak
+        for c in self._lingering.values():
+            c.peak = peak
+            idx = tracker.linger_free.get(c.key, -1)
+            if idx >= 0:
+                after = max([lp[0] for lp in tracker.local_peaks[idx:]] + [tracker.live])
+                c.freed_before_end = True
+                c.saving = max(0, min(c.nbytes, peak - after))
+                confirmed.append(c)
+            elif c.key in tracker.refs:
+                deferred.append(c)
+        self._prev_lingering = deferred
+        tracker.linger_free = {}
         return confirmed
 
     def _schedule(self, phase: str) -> None:
@@ -540,7 +570,7 @@ class Session:
 
     def _finish_iteration_if_open(self) -> None:
         """At the end of a run: record an evaluation iteration still open, and the last lingering check."""
-        if self._in_loop and not self._step_since_root and self._root_calls:
+        if self._in_loop and not self._step_since_root and self._root_calls and not self._opt_in_iteration:
             self._record_iteration("eval" if self.phase == "eval" or self._primary_opt is None else self.phase, None)
         # Forward passes still pending at the end without backward: their graphs are dropped now.
         self.doctor.finish_forwards([r for r in self.forwards.pending() if not r.backpropagated], self.index)

@@ -115,18 +115,15 @@ class AccumulationDetector:
 
 class RetainedGraphDetector:
     def __init__(self) -> None:
-        self.saved_roots: set[int] = set()  # roots with saved tensors at the previous boundary
         self.hits: dict[tuple[str, str, str], int] = defaultdict(int)
 
     def observe(self, it: IterationRecord, forwards: dict[int, ForwardRecord]) -> list[Finding]:
         out = []
-        now: set[int] = set()
         for obs in it.variables:
             g = obs.graph
             if not g.saved_root_keys or g.saved_bytes <= 0:
                 continue
-            now.update(g.saved_root_keys)
-            old = any(k in self.saved_roots for k in g.saved_root_keys)
+            old = g.first_seen is not None and g.first_seen < it.index
             backward_done = [forwards[k] for k in g.forward_keys if k in forwards and forwards[k].backpropagated]
             if not (old or backward_done):
                 continue
@@ -160,7 +157,6 @@ class RetainedGraphDetector:
                 file=file, line=line, variable=name, bytes=g.saved_bytes, step=it.index,
                 extra={"graphs": g.graphs_with_saved},
             ))
-        self.saved_roots = now
         return out
 
 
@@ -202,16 +198,15 @@ class LingeringDetector:
 
     def observe(self, it: IterationRecord) -> list[Finding]:
         out: list[Finding] = []
-        prev, self.prev = self.prev, it
-        if prev is None or not prev.detailed or not it.lingering:
-            return out
+        self.prev = it
         by_var: dict[tuple[str | None, str | None], list[Any]] = defaultdict(list)
         for c in it.lingering:
-            if c.path is not None and c.created_step < prev.index:
+            if c.path is not None and c.freed_before_end:
                 by_var[(c.file, c.path)].append(c)
         for key, cands in by_var.items():
-            total = sum(c.nbytes for c in cands)
-            if total < LINGER_SHARE * prev.peak_bytes:
+            total = sum(c.saving for c in cands)
+            peak = max(c.peak for c in cands)
+            if total < LINGER_SHARE * peak:
                 continue
             self.hits[key] += 1
             if self.hits[key] < 2:
@@ -219,13 +214,13 @@ class LingeringDetector:
             c = cands[0]
             assert c.file is not None and c.path is not None
             line = find_statement(c.file, c.function or "", c.first_line or 0, c.line, c.path, rebinding=True)
-            share = total / max(prev.peak_bytes, 1)
+            share = total / max(peak, 1)
             out.append(Finding(
                 kind=FindingKind.LINGERING_TENSOR,
-                severity=Severity.WARNING if prev.phase == "train" else Severity.INFO,
+                severity=Severity.WARNING if it.phase == "train" else Severity.INFO,
                 message=(
-                    f"{c.path} still holds {fmt_bytes(total)} from the previous iteration at this iteration's "
-                    f"peak ({share:.0%} of it)"
+                    f"{c.path} still holds {fmt_bytes(sum(c.nbytes for c in cands))} from the previous iteration "
+                    f"at this iteration's peak; dropping it earlier lowers the peak by {fmt_bytes(total)} ({share:.0%})"
                 ),
                 advice=(
                     f"`del {c.path}` once it is used, or keep only what you need of it "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import inspect
+import sys
 
 from memprof.cli.base import Command
 from memprof.errors import MemprofError

@@ -111,8 +111,11 @@ class RunCommand:
     def _run_with_tui(argv: list[str]) -> int:
         from memprof.tui.launch import run_with_tui
 
-        child = [a for a in argv if a != "--tui"]
-        return run_with_tui([sys.executable, "-m", "memprof", "run", *child], dict(os.environ))
+        # Only memprof's own --tui goes: the script may have a --tui of its own.
+        options, script, module, script_args = split_argv(argv)
+        child = [a for a in options if a != "--tui"]
+        child += ["-m", module] if module is not None else [script or ""]
+        return run_with_tui([sys.executable, "-m", "memprof", "run", *child, *script_args], dict(os.environ))
 
 
 def run_local(ns: argparse.Namespace, target: object, script_args: list[str]) -> int:

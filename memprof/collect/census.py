@@ -43,6 +43,9 @@ class GraphStats:
     root_keys: list[int] = field(default_factory=list)  # id() of every root
     saved_root_keys: list[int] = field(default_factory=list)  # roots whose graph holds saved tensors
     forward_keys: list[int] = field(default_factory=list)  # model-output nodes met on the way
+    # The earliest boundary at which one of these graphs was already seen holding saved tensors
+    # (a stamp in the root node's metadata: id() of a node can be reused once it dies).
+    first_seen: int | None = None
 
 
 @dataclass
@@ -155,7 +158,20 @@ def _tensors_in(value: Any, limit: int = MAX_ITEMS) -> Iterator[torch.Tensor]:
                     yield sub
 
 
-def _observe(path: str, value: Any, frame: types.FrameType, walker: GraphWalker) -> VarObservation | None:
+def _stamp(node: Any, step: int) -> int:
+    try:
+        md = node.metadata
+        seen = md.get("memprof_seen")
+        if seen is None:
+            md["memprof_seen"] = seen = step
+        return int(seen)
+    except Exception:
+        return step
+
+
+def _observe(
+    path: str, value: Any, frame: types.FrameType, walker: GraphWalker, step: int = 0
+) -> VarObservation | None:
     code = frame.f_code
     if isinstance(value, torch.Tensor):
         tensors: list[torch.Tensor] = [value]
@@ -192,6 +208,9 @@ def _observe(path: str, value: Any, frame: types.FrameType, walker: GraphWalker)
                 obs.graph.saved_bytes += saved
                 obs.graph.graphs_with_saved += 1
                 obs.graph.saved_root_keys.append(id(g))
+                seen = _stamp(g, step)
+                if obs.graph.first_seen is None or seen < obs.graph.first_seen:
+                    obs.graph.first_seen = seen
             obs.graph.root_keys.append(id(g))
     return obs
 
@@ -212,7 +231,8 @@ def _is_user_object(value: Any) -> bool:
 
 
 def census(
-    start: types.FrameType | None, max_frames: int = 16, forward_keys: set[int] | frozenset[int] = frozenset()
+    start: types.FrameType | None, max_frames: int = 16, forward_keys: set[int] | frozenset[int] = frozenset(),
+    step: int = 0,
 ) -> list[VarObservation]:
     """Observe every tensor-holding variable of the user's frames at and above ``start``."""
     walker = GraphWalker(forward_keys=forward_keys)
@@ -230,7 +250,7 @@ def census(
                 if id(value) in seen_values:
                     continue
                 seen_values.add(id(value))
-                obs = _observe(name, value, frame, walker)
+                obs = _observe(name, value, frame, walker, step)
                 if obs is not None:
                     out.append(obs)
             elif hasattr(value, "__dict__") and _is_user_object(value):
@@ -243,7 +263,7 @@ def census(
                         continue
                     if isinstance(sub, torch.Tensor) or isinstance(sub, _CONTAINERS):
                         seen_values.add(id(sub))
-                        obs = _observe(f"{name}.{attr}", sub, frame, walker)
+                        obs = _observe(f"{name}.{attr}", sub, frame, walker, step)
                         if obs is not None:
                             out.append(obs)
     return out

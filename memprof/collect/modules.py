@@ -51,6 +51,7 @@ class RootCall:
     batch_size: int | None
     grad_enabled: bool
     site: tuple[str, int] | None  # the user line that called the model
+    call_site: tuple[int, int] = (0, 0)  # (id of the calling code, bytecode offset): the same call in a loop
 
 
 def _first_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
@@ -195,7 +196,9 @@ class ModuleCollector:
         """The details of a root call the session follows: who called it, with what batch."""
         frame = user_frame(sys._getframe(1))
         site = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
+        call_site = (id(frame.f_code), frame.f_lasti) if frame is not None else (0, 0)
         return RootCall(
+            call_site=call_site,
             module=module,
             name=self.names.get(id(module), type(module).__name__),
             batch_size=batch_size_of(args, kwargs),

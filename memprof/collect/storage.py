@@ -74,16 +74,20 @@ class StorageTracker(TorchDispatchMode):
         self.limit: int | None = None  # --memory-limit on CPU: raise past this many bytes
         self.limit_device: str | None = None
         # Batch scaling, for the advisor: bytes of storages whose size follows the batch.
-        self.batch_size: int | None = None
-        self.fixed_numels: set[int] = set()  # numels of parameters: tensors of these sizes don't scale
+        self._batch_size: int | None = None
+        self.fixed_numels: set[int] = set()  # numels of parameters: tensors of these sizes don't scale...
+        self.fixed_shapes: set[tuple[int, ...]] = set()  # ...when their sorted dims are a parameter's too
+        self.pre_loop_peak = 0  # the highest live bytes before the first iteration
         self.scaled_live = 0
         self.rising = False
         self.local_peaks: list[tuple[int, int]] = []  # (live, scaled_live) before each fall, this step
         # Old transient storages (created in an earlier step, not persistent): lingering candidates.
         self.old_transient: dict[int, StorageRef] = {}
         self.old_transient_bytes = 0
+        self.linger_free: dict[int, int] = {}  # candidate key -> index into local_peaks at its free
         self.peak_watch: Callable[[int], None] | None = None
         self.peak_watch_at = 0
+        self.linger_free: dict[int, int] = {}
         self.oom_request: int | None = None
         self.on_over_limit: Callable[[int], None] | None = None
 
@@ -160,6 +164,9 @@ class StorageTracker(TorchDispatchMode):
             self.scaled_live -= n
         if self.old_transient.pop(ref.key, None) is not None:
             self.old_transient_bytes -= n
+            lf = self.linger_free
+            if ref.key in lf:  # a lingering candidate dies: note where in this iteration's peaks
+                lf[ref.key] = len(self.local_peaks)
 
     def _site(self) -> tuple[str, int] | None:
         f = sys._getframe(3)
@@ -171,15 +178,37 @@ class StorageTracker(TorchDispatchMode):
         return None
 
     def _scales(self, shape: tuple[int, ...]) -> bool:
-        b = self.batch_size
+        b = self._batch_size
         if not b or not shape:
+            return False
+        if not ((shape[0] >= b and shape[0] % b == 0) or b in shape):
             return False
         numel = 1
         for d in shape:
             numel *= d
-        if numel in self.fixed_numels:
-            return False
-        return (shape[0] >= b and shape[0] % b == 0) or b in shape
+        # A parameter's size (a gradient, optimizer state, a foreach temporary, a transposed weight
+        # gradient) does not scale; the same numel in another shape (an activation) still may.
+        return numel not in self.fixed_numels or tuple(sorted(shape)) not in self.fixed_shapes
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, b: int | None) -> None:
+        """The batch size that ``scaled`` refers to. Set first at the first model call, when the
+        first batch already exists: live storages made before the loop with the batch as their
+        leading dimension (the first batch, a fixed synthetic batch) are marked scaled then."""
+        first = self._batch_size is None
+        self._batch_size = b
+        if not first or not b:
+            return
+        for ref in self.refs.values():
+            shape = ref.shape
+            if (not ref.scaled and ref.category >= ACTIVATIONS and ref.step == PRE_LOOP and shape
+                    and shape[0] == b and self._scales(shape)):
+                ref.scaled = True
+                self.scaled_live += ref.nbytes
 
     def _over_limit(self, n: int) -> None:
         self.oom_request = n
@@ -220,6 +249,8 @@ class StorageTracker(TorchDispatchMode):
             self.limit = limit
 
     def set_category(self, t: torch.Tensor, category: int, only_from: tuple[int, ...] | None = None) -> None:
+        if category in PERSISTENT:
+            self.fixed_shapes.add(tuple(sorted(t.shape)))
         ref = self.ref_of(t)
         if ref is None:
             ref = self.ensure(t, category)
@@ -243,6 +274,8 @@ class StorageTracker(TorchDispatchMode):
 
     def begin_step(self, step: int, min_old_bytes: int = 0) -> None:
         """A step boundary: per-step peaks restart; storages alive now become 'old'."""
+        if self.step == PRE_LOOP:
+            self.pre_loop_peak = max(self.pre_loop_peak, self.step_peak)
         self.step = step
         self.step_peak = self.live
         self.local_peaks = []

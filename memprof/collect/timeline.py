@@ -22,6 +22,8 @@ class LingeringCandidate:
     first_line: int | None = None
     line: int | None = None
     freed_before_end: bool = False  # dropped later in the same iteration: it only lingered
+    saving: int = 0  # how much lower the iteration's peak would be without it
+    peak: int = 0  # the peak of the iteration it lingered in
 
 
 @dataclass
