@@ -129,6 +129,7 @@ class Session:
         self._backwards = 0
         self._root_calls = 0
         self._opt_in_iteration = False  # an optimizer (any) stepped in the open iteration
+        self._live_after_call = 0
         self._next_check = 0.0
         self._primary_opt: int | None = None
         self._optimizers: weakref.WeakValueDictionary[int, torch.optim.Optimizer] = weakref.WeakValueDictionary()
@@ -402,6 +403,7 @@ class Session:
                     st._step_bytes for st in self.modules.stats.values() if st.module_id == id(call.module)
                 )
             self.forwards.watch(output, record)
+            self._live_after_call = self.tracker.live
         except Exception as e:
             self._warn(f"internal error after a model call: {e!r}", tb=True)
 
@@ -571,7 +573,11 @@ class Session:
     def _finish_iteration_if_open(self) -> None:
         """At the end of a run: record an evaluation iteration still open, and the last lingering check."""
         if self._in_loop and not self._step_since_root and self._root_calls and not self._opt_in_iteration:
+            # The last iteration of an evaluation loop ends with the script; its end is the last model
+            # call's, not the empty memory after the script returned.
             self._record_iteration("eval" if self.phase == "eval" or self._primary_opt is None else self.phase, None)
+            if self.iterations and self.iterations[-1].detailed:
+                self.iterations[-1].end_bytes = self._live_after_call
         # Forward passes still pending at the end without backward: their graphs are dropped now.
         self.doctor.finish_forwards([r for r in self.forwards.pending() if not r.backpropagated], self.index)
 

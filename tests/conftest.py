@@ -1,0 +1,34 @@
+"""Shared fixtures: where ../shared is, and how to run memprof as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "cases").is_dir():
+        pytest.skip("../shared is not beside the repository")
+    return SHARED
+
+
+def run_memprof(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
+                timeout: float = 240) -> subprocess.CompletedProcess[bytes]:
+    full_env = dict(os.environ)
+    full_env.setdefault("MEMPROF_LIVE_DIR", str(Path(cwd or ROOT) / ".memprof-live"))
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "memprof", *args], cwd=cwd, env=full_env,
+                          capture_output=True, timeout=timeout)
+
+
+def run_python(*args: str, cwd: Path | str | None = None, timeout: float = 240) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, timeout=timeout)

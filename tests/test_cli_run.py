@@ -1,0 +1,123 @@
+"""`memprof run` as a user runs it: a subprocess, compared with plain python."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_memprof, run_python
+
+SCRIPT = ROOT / "tests" / "scripts" / "tiny_train.py"
+SCRIPTS = ROOT / "tests" / "scripts"
+
+
+def test_stdout_is_byte_identical_and_argv_with_spaces_arrives_intact(tmp_path: Path) -> None:
+    args = ["--steps", "3", "--echo", "two words", "a'quote", "--x=1"]
+    plain = run_python(str(SCRIPT), *args, cwd=tmp_path)
+    prof = run_memprof("run", "--json", str(tmp_path / "r.json"), str(SCRIPT), *args, cwd=tmp_path)
+    assert prof.returncode == plain.returncode == 0, prof.stderr.decode()
+    assert prof.stdout == plain.stdout
+    assert b"two words" in prof.stdout and b"path0 is script dir: True" in prof.stdout and b"name: __main__" in prof.stdout
+    assert prof.stderr.startswith(b"to stderr\n")  # the script's own stderr first, memprof's summary after
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema"] == "memprof.report/1"
+    assert report["argv"] == args
+    assert report["status"] == "ok" and report["exit_code"] == 0
+    assert len(report["steps"]) == 3
+    assert sum(report["breakdown_at_peak"].values()) == report["peak_bytes"] > 0
+    assert report["modules"] and report["modules"][0]["name"] == "model"
+
+
+@pytest.mark.parametrize("code", [0, 3, 255])
+def test_sys_exit_code_passes_through(tmp_path: Path, code: int) -> None:
+    out = tmp_path / "r.json"
+    prof = run_memprof("run", "-q", "--json", str(out), str(SCRIPT), "--exit", str(code), cwd=tmp_path)
+    assert prof.returncode == code
+    report = json.loads(out.read_text())
+    assert report["exit_code"] == code
+    assert report["status"] == ("ok" if code == 0 else "error")
+
+
+def test_uncaught_exception_exits_1_with_a_plain_traceback_and_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    prof = run_memprof("run", "-q", "--json", str(out), str(SCRIPT), "--raise-error", cwd=tmp_path)
+    assert prof.returncode == 1
+    err = prof.stderr.decode()
+    assert "ValueError: boom" in err and "Traceback" in err
+    assert "memprof/runner.py" not in err and "runpy.py" not in err
+    report = json.loads(out.read_text())
+    assert report["status"] == "error" and "boom" in report["error"]
+
+
+def test_dash_m_runs_a_module_like_python(tmp_path: Path) -> None:
+    plain = subprocess.run([sys.executable, "-m", "tinypkg.train", "--flag", "v"], cwd=SCRIPTS, capture_output=True)
+    prof = run_memprof("run", "-q", "--json", str(tmp_path / "r.json"), "-m", "tinypkg.train", "--flag", "v", cwd=SCRIPTS)
+    assert prof.returncode == plain.returncode == 0, prof.stderr.decode()
+    assert prof.stdout == plain.stdout
+    assert b"module argv: ['--flag', 'v'] name: __main__" in prof.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["script"] == "-m tinypkg.train"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "does_not_exist.py"], "does_not_exist.py"),
+        (["run", "--budget", "lots", "x.py"], "invalid size"),
+        (["run", "--no-such-option", "x.py"], "unrecognized"),
+        (["run"], ""),
+        (["run", "-m", "no_such_module_xyz"], "no module named"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    prof = run_memprof(*args, cwd=tmp_path)
+    assert prof.returncode == 2
+    err = prof.stderr.decode()
+    if needle:
+        assert needle in err
+        assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_sigterm_still_writes_the_report(tmp_path: Path) -> None:
+    out, pidfile = tmp_path / "r.json", tmp_path / "pid"
+    env = dict(os.environ, MEMPROF_LIVE_DIR=str(tmp_path / "live"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memprof", "run", "-q", "--json", str(out), str(SCRIPT), "--sleep", "30",
+         "--pidfile", str(pidfile)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 60
+    while not pidfile.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert pidfile.exists()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # dies of SIGTERM, as python would
+    report = json.loads(out.read_text())
+    assert report["status"] == "interrupted" and len(report["steps"]) == 4
+
+
+def test_sigint_still_writes_the_report(tmp_path: Path) -> None:
+    out, pidfile = tmp_path / "r.json", tmp_path / "pid"
+    env = dict(os.environ, MEMPROF_LIVE_DIR=str(tmp_path / "live"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memprof", "run", "-q", "--json", str(out), str(SCRIPT), "--sleep", "30",
+         "--pidfile", str(pidfile)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 60
+    while not pidfile.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT
+    assert b"KeyboardInterrupt" in err
+    assert json.loads(out.read_text())["status"] == "interrupted"
