@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/memprof run --json demo-report.json --html demo-report.html examples/train_mlp.py --steps 30
 
 lint: $(STAMP)
-	$(BIN)/ruff check memprof tests benchmarks examples
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

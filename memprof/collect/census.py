@@ -126,7 +126,8 @@ class GraphWalker:
                 except Exception:
                     continue
                 for t in value if isinstance(value, (list, tuple)) else (value,):
-                    if isinstance(t, torch.Tensor):
+                    # A saved leaf that requires grad is a parameter: it lives anyway, not for the graph.
+                    if isinstance(t, torch.Tensor) and not (t.is_leaf and t.requires_grad):
                         sk = _storage_key(t)
                         if sk is not None and sk[0] not in self.saved_seen:
                             self.saved_seen.add(sk[0])

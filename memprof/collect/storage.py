@@ -87,7 +87,6 @@ class StorageTracker(TorchDispatchMode):
         self.linger_free: dict[int, int] = {}  # candidate key -> index into local_peaks at its free
         self.peak_watch: Callable[[int], None] | None = None
         self.peak_watch_at = 0
-        self.linger_free: dict[int, int] = {}
         self.oom_request: int | None = None
         self.on_over_limit: Callable[[int], None] | None = None
 
