@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
-from tui_fakes import FakePynvml, fake_gpus
+from tests.tui_fakes import FakePynvml, fake_gpus
 
 from memprof.hw.gpu import (
     MIB,

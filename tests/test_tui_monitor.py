@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.text import Text
 from textual.widgets import DataTable, Static
-from tui_fakes import LOSS_FINDING, STARTED_AT, FakeRuns, fake_gpus, make_state, run_async
+from tests.tui_fakes import LOSS_FINDING, STARTED_AT, FakeRuns, fake_gpus, make_state, run_async
 
 from memprof.cli.main import main
 from memprof.hw.gpu import FakeGpuBackend, NoGpuBackend

@@ -10,7 +10,7 @@ import pytest
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Digits, Log, OptionList, Static
-from tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, fake_gpus, make_state, run_async
+from tests.tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, fake_gpus, make_state, run_async
 
 from memprof.live.channel import ENV_SOCKET, LivePublisher
 from memprof.tui.feed import FeedEvent, FileLog, QueueFeed, SocketFeed, clean_line

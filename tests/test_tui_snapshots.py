@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from textual.pilot import Pilot
-from tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, FakeRuns, fake_gpus, make_state
+from tests.tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, FakeRuns, fake_gpus, make_state
 
 from memprof.hw.gpu import NoGpuBackend
 from memprof.tui.feed import FeedEvent, QueueFeed

@@ -11,7 +11,9 @@ from memprof.errors import MemprofError
 from memprof.units import parse_size
 
 # memprof's own options that take a value; everything from SCRIPT (or -m MODULE) on is the script's.
-_VALUE_OPTIONS = {"--json", "--html", "--budget", "--memory-limit", "--nproc-per-node", "--detail", "--detail-steps"}
+_VALUE_OPTIONS = {
+    "--json", "--html", "--budget", "--memory-limit", "--nproc-per-node", "--detail", "--detail-steps", "--rank-dir",
+}
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], str | None, str | None, list[str]]:
@@ -79,6 +81,7 @@ class RunCommand:
         parser.add_argument("--detail-steps", metavar="N", type=int, default=10,
                             help="steps profiled in full detail at the start (default 10)")
         parser.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+        parser.add_argument("--rank-dir", help=argparse.SUPPRESS)  # set by --nproc-per-node for each rank
         parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module as a script")
         parser.add_argument("target", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...]",
                             help="the script and its arguments")
@@ -131,6 +134,13 @@ def run_local(ns: argparse.Namespace, target: object, script_args: list[str]) ->
     )
 
     def finish(report: Report) -> None:
+        if ns.rank_dir:  # one rank of a --nproc-per-node job: the parent merges and prints
+            from memprof.cli.distributed import rank_report_path
+
+            path = rank_report_path(ns.rank_dir)
+            if path is not None:
+                write_outputs(report, path, None, quiet=True)
+                return
         write_outputs(report, ns.json, ns.html, quiet=ns.quiet)
 
     return run_target(target, script_args, lambda: Session(config), finish)
