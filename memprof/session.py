@@ -16,6 +16,7 @@ the report, never an exception in the user's code.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -76,6 +77,7 @@ class SessionConfig:
     memory_limit_bytes: int | None = None
     record_cuda_history: bool = True
     publish: bool = True  # the live channel for `memprof monitor` and `--tui`
+    report_path: str | None = None  # where the JSON report will be written, shown by the UIs
     advise: bool = True
 
 
@@ -145,6 +147,9 @@ class Session:
         self._run_peak_cuda = 0
         self._autocast_used = False
         self._publisher: Any = None
+        self._published_upto = 0
+        self._published_t = 0.0
+        self._samples: collections.deque[Any] = collections.deque(maxlen=300)
         self._last_publish = 0.0
         self._lock = threading.RLock()
 
@@ -717,17 +722,20 @@ class Session:
             from memprof.live.state import LiveSample, LiveState
             from memprof.report.json_io import report_to_dict
 
-            self._last_publish = time.perf_counter()
-            its = self.iterations[-300:]
-            t_end = self._t0
-            samples, marks = [], []
-            acc = sum(it.seconds for it in self.iterations[: len(self.iterations) - len(its)])
-            for it in its:
-                acc += it.seconds
-                samples.append(LiveSample(t=round(acc, 4), bytes=it.peak_bytes, step=it.index))
-                marks.append(round(acc, 4))
-            del t_end
+            now = time.perf_counter()
+            self._last_publish = now
+            # Only the iterations new since the last publish are walked: cost independent of run length.
+            for it in self.iterations[self._published_upto:]:
+                self._published_t += it.seconds
+                self._samples.append(LiveSample(t=round(self._published_t, 4), bytes=it.peak_bytes, step=it.index))
+            self._published_upto = len(self.iterations)
+            samples = list(self._samples)
+            marks = [s.t for s in samples]
             last = self.iterations[-1] if self.iterations else None
+            dev = self.cuda.device() if self.cuda.active else None
+            device: dict[str, Any] = {"type": "cuda" if self.cuda.active else "cpu"}
+            if dev is not None:
+                device.update(name=dev[0], total_bytes=dev[1])
             report = self.report
             state = LiveState(
                 pid=os.getpid(), script=self.config.script, argv=list(self.config.argv), started_at=self._wall0,
@@ -735,9 +743,9 @@ class Session:
                 step=len(self.iterations), phase=self.phase, batch_size=last.batch_size if last else None,
                 current_bytes=last.end_bytes if last else self.tracker.live,
                 peak_bytes=max(self.tracker.peak, self._run_peak_cuda), budget_bytes=self.config.budget_bytes,
-                device={"type": "cuda" if self.cuda.active else "cpu"},
+                device=device, peak_step=self.tracker.peak_step,
                 breakdown={c.value: self.tracker.peak_cat[i] for i, c in enumerate(CATEGORIES)},
-                samples=samples, step_marks=marks,
+                samples=samples, step_marks=marks, report_path=self.config.report_path,
             )
             if report is not None:
                 d = report_to_dict(report)

@@ -186,7 +186,7 @@ class MissingNoGradDetector:
                 f"{fmt_bytes(saved)} of activations saved per call for nothing"
             ),
             advice="wrap this evaluation/inference in `with torch.no_grad():` (or `torch.inference_mode()`)",
-            file=file, line=statement_start(file, line), variable=None, bytes=saved, step=step,
+            file=file, line=statement_start(file, line), variable=rec.module, bytes=saved, step=step,
             extra={"module": rec.module, "calls": len(recs)},
         )]
 

@@ -131,6 +131,7 @@ def run_local(ns: argparse.Namespace, target: object, script_args: list[str]) ->
         script=os.path.abspath(target.path) if target.path else f"-m {target.module}",
         argv=list(script_args), detail=ns.detail, detail_steps=ns.detail_steps,
         budget_bytes=ns.budget, memory_limit_bytes=ns.memory_limit,
+        report_path=os.path.abspath(ns.json) if ns.json else None,
     )
 
     def finish(report: Report) -> None:
