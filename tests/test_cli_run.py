@@ -86,7 +86,8 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], need
     assert "Traceback" not in err
 
 
-def test_sigterm_still_writes_the_report(tmp_path: Path) -> None:
+def _start_sleeping_run(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """A profiled run that sleeps after its steps; returns once the script is in its sleep."""
     out, pidfile = tmp_path / "r.json", tmp_path / "pid"
     env = dict(os.environ, MEMPROF_LIVE_DIR=str(tmp_path / "live"))
     proc = subprocess.Popen(
@@ -98,6 +99,11 @@ def test_sigterm_still_writes_the_report(tmp_path: Path) -> None:
     while not pidfile.exists() and time.time() < deadline:
         time.sleep(0.1)
     assert pidfile.exists()
+    return proc, out
+
+
+def test_sigterm_still_writes_the_report(tmp_path: Path) -> None:
+    proc, out = _start_sleeping_run(tmp_path)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM  # dies of SIGTERM, as python would
@@ -106,16 +112,7 @@ def test_sigterm_still_writes_the_report(tmp_path: Path) -> None:
 
 
 def test_sigint_still_writes_the_report(tmp_path: Path) -> None:
-    out, pidfile = tmp_path / "r.json", tmp_path / "pid"
-    env = dict(os.environ, MEMPROF_LIVE_DIR=str(tmp_path / "live"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "memprof", "run", "-q", "--json", str(out), str(SCRIPT), "--sleep", "30",
-         "--pidfile", str(pidfile)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 60
-    while not pidfile.exists() and time.time() < deadline:
-        time.sleep(0.1)
+    proc, out = _start_sleeping_run(tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
-from tests.tui_fakes import FakePynvml, fake_gpus
 
 from memprof.hw.gpu import (
     MIB,
@@ -21,6 +20,7 @@ from memprof.hw.gpu import (
     get_backend,
     process_name,
 )
+from tests.tui_fakes import FakePynvml, fake_gpus
 
 GiB = 1024**3
 

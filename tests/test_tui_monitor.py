@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from rich.text import Text
 from textual.widgets import DataTable, Static
-from tests.tui_fakes import LOSS_FINDING, STARTED_AT, FakeRuns, fake_gpus, make_state, run_async
 
 from memprof.cli.main import main
 from memprof.hw.gpu import FakeGpuBackend, NoGpuBackend
@@ -19,6 +18,7 @@ from memprof.tui.feed import QueueFeed, RunFeed
 from memprof.tui.format import plain_report
 from memprof.tui.monitor_app import MonitorApp
 from memprof.tui.run_screen import RunScreen
+from tests.tui_fakes import LOSS_FINDING, STARTED_AT, FakeRuns, fake_gpus, make_state, run_async
 
 SIZE = (150, 45)
 

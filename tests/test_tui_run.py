@@ -10,11 +10,11 @@ import pytest
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Digits, Log, OptionList, Static
-from tests.tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, fake_gpus, make_state, run_async
 
 from memprof.live.channel import ENV_SOCKET, LivePublisher
 from memprof.tui.feed import FeedEvent, FileLog, QueueFeed, SocketFeed, clean_line
 from memprof.tui.run_screen import RunApp, RunScreen
+from tests.tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, fake_gpus, make_state, run_async
 
 SIZE = (150, 45)
 

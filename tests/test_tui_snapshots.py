@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from textual.pilot import Pilot
-from tests.tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, FakeRuns, fake_gpus, make_state
 
 from memprof.hw.gpu import NoGpuBackend
 from memprof.tui.feed import FeedEvent, QueueFeed
 from memprof.tui.monitor_app import MonitorApp
 from memprof.tui.run_screen import RunApp
+from tests.tui_fakes import LOSS_FINDING, RECOMMENDATIONS, STARTED_AT, FakeLog, FakeRuns, fake_gpus, make_state
 
 SIZE = (150, 45)
 NO_GPU = "NVML unavailable: NVML Shared Library Not Found"

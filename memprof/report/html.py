@@ -10,11 +10,10 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
+from memprof.report.json_io import write_atomic
 from memprof.report.model import CATEGORIES, Category, Finding, Report, Severity, Status, StepRecord
 from memprof.report.summary import (
     OOM_LABELS,
@@ -739,20 +738,5 @@ def render_html(report: Report) -> str:
 
 
 def write_html(report: Report, path: str | os.PathLike[str]) -> None:
-    """Write the HTML report atomically: a crash half-way never leaves a truncated file behind."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = render_html(report)
-    fd, tmp = tempfile.mkstemp(prefix=".memprof-", suffix=".html", dir=str(target.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        # mkstemp makes the file private (0600); an HTML report is meant to be shared and opened.
-        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write the HTML report atomically (see :func:`memprof.report.json_io.write_atomic`)."""
+    write_atomic(path, render_html(report))

@@ -158,15 +158,14 @@ def report_from_dict(d: dict[str, Any]) -> Report:
     )
 
 
-def save_report(report: Report, path: str | os.PathLike[str]) -> None:
-    """Write atomically: a crash half-way never leaves a truncated report behind."""
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a whole file atomically: a crash half-way never leaves a truncated file behind."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".memprof-", suffix=".json", dir=str(target.parent))
+    fd, tmp = tempfile.mkstemp(prefix=".memprof-", suffix=target.suffix, dir=str(target.parent))
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(report_to_dict(report), fh, indent=2)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         # mkstemp makes the file private (0600); a report is an ordinary file others may read.
         os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
@@ -176,6 +175,10 @@ def save_report(report: Report, path: str | os.PathLike[str]) -> None:
         except OSError:
             pass
         raise
+
+
+def save_report(report: Report, path: str | os.PathLike[str]) -> None:
+    write_atomic(path, json.dumps(report_to_dict(report), indent=2) + "\n")
 
 
 def load_report(path: str | os.PathLike[str]) -> Report:
