@@ -32,3 +32,10 @@ def run_memprof(*args: str, cwd: Path | str | None = None, env: dict[str, str] |
 
 def run_python(*args: str, cwd: Path | str | None = None, timeout: float = 240) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _private_live_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions started by tests publish into a private folder, not the user's `memprof monitor`."""
+    if "MEMPROF_LIVE_DIR" not in os.environ:
+        monkeypatch.setenv("MEMPROF_LIVE_DIR", str(tmp_path_factory.mktemp("live")))
