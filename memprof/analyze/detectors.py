@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from memprof.analyze.source import find_statement, statement_start
+from memprof.analyze.source import find_statement, owner_line, statement_start
 from memprof.collect.census import VarObservation
 from memprof.collect.graphs import ForwardRecord
 from memprof.collect.timeline import IterationRecord, RunData
@@ -31,11 +31,21 @@ from memprof.units import fmt_bytes
 
 CONSECUTIVE = 3  # increases in a row that make an accumulation
 LINGER_SHARE = 0.05  # the spec: dropping it must lower the peak by at least 5%
+RETAINED_MIN_BYTES = 4096  # saved tensors below this are not worth a warning...
+RETAINED_MIN_SHARE = 0.005  # ...nor below this share of the iteration's peak
 
 
-def _line_for(obs: VarObservation, rebinding: bool = False) -> int:
+def _line_for(obs: VarObservation, rebinding: bool = False) -> tuple[str, int]:
+    """(file, line) of the statement changing the variable: in the frame's function, or for
+    ``obj.attr`` in ``obj``'s class (``self.attr += ...`` in a method, maybe in another file)."""
     line = find_statement(obs.file, obs.function, obs.first_line, obs.line, obs.path, rebinding=rebinding)
-    return line if line is not None else obs.line
+    if line is not None:
+        return obs.file, line
+    if "." in obs.path and obs.owner_file:
+        line = owner_line(obs.owner_file, obs.path, rebinding=rebinding)
+        if line is not None:
+            return obs.owner_file, line
+    return obs.file, obs.line
 
 
 @dataclass
@@ -106,9 +116,10 @@ class AccumulationDetector:
             message = f"{name} grows every step (+{fmt_bytes(per_step)} per step, {last.tensors} tensors held)"
             advice = f"if the run is long, keep {name} on the CPU (`.cpu()`) or reduce it to the numbers you need"
             severity = Severity.INFO
+        file, line = _line_for(last)
         return Finding(
             kind=FindingKind.ACCUMULATED_TENSOR, severity=severity, message=message, advice=advice,
-            file=last.file, line=_line_for(last), variable=name, bytes=per_step, step=step,
+            file=file, line=line, variable=name, bytes=per_step, step=step,
             extra={"tensors": last.tensors, "graph_nodes": last.graph.nodes, "held_bytes": last.bytes},
         )
 
@@ -121,7 +132,7 @@ class RetainedGraphDetector:
         out = []
         for obs in it.variables:
             g = obs.graph
-            if not g.saved_root_keys or g.saved_bytes <= 0:
+            if not g.saved_root_keys or g.saved_bytes < max(RETAINED_MIN_BYTES, RETAINED_MIN_SHARE * it.peak_bytes):
                 continue
             old = g.first_seen is not None and g.first_seen < it.index
             backward_done = [forwards[k] for k in g.forward_keys if k in forwards and forwards[k].backpropagated]
@@ -143,7 +154,7 @@ class RetainedGraphDetector:
                     f"keep `loss.item()` or `loss.detach()` in {name}"
                 )
             else:
-                file, line = obs.file, _line_for(obs)
+                file, line = _line_for(obs)
                 message = (
                     f"{name} keeps {g.graphs_with_saved} autograd graph(s) alive with "
                     f"{fmt_bytes(g.saved_bytes)} of saved tensors that no backward will free"

@@ -82,20 +82,47 @@ def _statements(scope: ast.AST, path: str, rebinding: bool) -> list[tuple[ast.st
                             found.append((node, "assign" if not self_ref else "augassign"))
                     elif isinstance(e, ast.Subscript) and _name(e.value) == path:
                         found.append((node, "setitem"))
-        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
-            func = node.value.func
-            if isinstance(func, ast.Attribute) and func.attr in MUTATORS and _name(func.value) == path:
-                found.append((node, "mutate"))
+        elif isinstance(node, ast.Call):  # also inside expressions: lambdas, comprehensions, hooks
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in MUTATORS:
+                base = func.value
+                if isinstance(base, ast.Subscript):  # metrics[k].append(v)
+                    base = base.value
+                if _name(base) == path:
+                    found.append((node, "mutate"))  # type: ignore[arg-type]
     return found
 
 
 def find_statement(
-    filename: str, function: str, first_line: int, current_line: int | None, path: str, rebinding: bool = False
+    filename: str, function: str, first_line: int, current_line: int | None, path: str, rebinding: bool = False,
+    owner_file: str | None = None,
 ) -> int | None:
-    """The line of the statement that accumulates into (or, with ``rebinding``, assigns) ``path``."""
+    """The line of the statement that accumulates into (or, with ``rebinding``, assigns) ``path``.
+
+    ``owner_file``: for ``obj.attr`` paths, the file of ``obj``'s class, where ``self.attr`` is changed.
+    """
     tree = _parse(filename)
     if tree is None:
         return None
+    line = _find(tree, function, first_line, current_line, path, rebinding)
+    if line is None and "." in path and owner_file:
+        owner = _parse(owner_file)
+        if owner is not None:
+            line = _find(owner, "<module>", 0, None, "self." + path.rsplit(".", 1)[1], rebinding)
+    return line
+
+
+def owner_line(owner_file: str, path: str, rebinding: bool = False) -> int | None:
+    """Where ``self.<attr>`` is changed in the class file of the object at ``path``."""
+    owner = _parse(owner_file)
+    if owner is None:
+        return None
+    return _find(owner, "<module>", 0, None, "self." + path.rsplit(".", 1)[1], rebinding)
+
+
+def _find(
+    tree: ast.Module, function: str, first_line: int, current_line: int | None, path: str, rebinding: bool
+) -> int | None:
     scope = _function_at(tree, first_line, function)
     found = _statements(scope, path, rebinding)
     if not found and "." in path:  # self.history.append(...) may live in another method

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import gc
+import inspect
+import sys
 import types
 import warnings
 from collections.abc import Iterable, Iterator
@@ -61,6 +63,7 @@ class VarObservation:
     storage_keys: set[int] = field(default_factory=set)
     graph: GraphStats = field(default_factory=GraphStats)
     newest_key: int | None = None  # storage of the last tensor in a container
+    owner_file: str | None = None  # for "obj.attr": the source file of obj's class
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -126,8 +129,9 @@ class GraphWalker:
                 except Exception:
                     continue
                 for t in value if isinstance(value, (list, tuple)) else (value,):
-                    # A saved leaf that requires grad is a parameter: it lives anyway, not for the graph.
-                    if isinstance(t, torch.Tensor) and not (t.is_leaf and t.requires_grad):
+                    # A saved leaf that requires grad is a parameter: it lives anyway, not for the graph;
+                    # a 0-dim one is a wrapped Python number.
+                    if isinstance(t, torch.Tensor) and t.dim() > 0 and not (t.is_leaf and t.requires_grad):
                         sk = _storage_key(t)
                         if sk is not None and sk[0] not in self.saved_seen:
                             self.saved_seen.add(sk[0])
@@ -244,6 +248,7 @@ def census(
             local_items = list(frame.f_locals.items())
         except Exception:
             continue
+        release_locals_snapshot(frame)
         for name, value in local_items:
             if name.startswith("__") or isinstance(value, _SKIP_TYPES):
                 continue
@@ -255,19 +260,58 @@ def census(
                 if obs is not None:
                     out.append(obs)
             elif hasattr(value, "__dict__") and _is_user_object(value):
-                try:
-                    attrs = list(vars(value).items())
-                except TypeError:
-                    continue
-                for attr, sub in attrs:
-                    if attr.startswith("_") or id(sub) in seen_values:
-                        continue
-                    if isinstance(sub, torch.Tensor) or isinstance(sub, _CONTAINERS):
-                        seen_values.add(id(sub))
-                        obs = _observe(f"{name}.{attr}", sub, frame, walker, step)
-                        if obs is not None:
-                            out.append(obs)
+                _observe_attributes(name, value, frame, walker, step, seen_values, out, depth=2)
     return out
+
+
+def _observe_attributes(
+    prefix: str, obj: Any, frame: types.FrameType, walker: GraphWalker, step: int, seen_values: set[int],
+    out: list[VarObservation], depth: int,
+) -> None:
+    """Tensors and containers on a user object (``self.history``), and on its user objects
+    (``self.meter.total``), ``depth`` levels down."""
+    if id(obj) in seen_values:
+        return
+    seen_values.add(id(obj))
+    try:
+        attrs = list(vars(obj).items())
+    except TypeError:
+        return
+    owner = _class_file(obj)
+    for attr, sub in attrs:
+        if attr.startswith("_") or id(sub) in seen_values:
+            continue
+        if isinstance(sub, torch.Tensor) or isinstance(sub, _CONTAINERS):
+            seen_values.add(id(sub))
+            obs = _observe(f"{prefix}.{attr}", sub, frame, walker, step)
+            if obs is not None:
+                obs.owner_file = owner
+                out.append(obs)
+        elif depth > 1 and hasattr(sub, "__dict__") and not isinstance(sub, _SKIP_TYPES) and _is_user_object(sub):
+            _observe_attributes(f"{prefix}.{attr}", sub, frame, walker, step, seen_values, out, depth - 1)
+
+
+def _class_file(obj: Any) -> str | None:
+    import sys
+
+    mod = sys.modules.get(getattr(type(obj), "__module__", "") or "")
+    fn = getattr(mod, "__file__", None)
+    return fn if isinstance(fn, str) else None
+
+
+def release_locals_snapshot(frame: types.FrameType) -> None:
+    """Drop the snapshot that reading ``frame.f_locals`` leaves on a function frame (Python < 3.13).
+
+    The snapshot dict lives on the frame and keeps the values it copied alive after the script
+    rebinds its variables (last iteration's batch, outputs, loss), so memprof's own reads would
+    raise the script's memory. Python refreshes it before any use (``locals()``, tracers), so
+    emptying it is safe; 3.13+ reads through a proxy that holds nothing (clearing would delete).
+    """
+    if sys.version_info < (3, 13) and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+        try:
+            frame.f_locals.clear()
+        except Exception:
+            pass
 
 
 def names_of_storages(start: types.FrameType | None, keys: set[int], max_frames: int = 16) -> dict[int, tuple[str, types.FrameType]]:
@@ -278,6 +322,7 @@ def names_of_storages(start: types.FrameType | None, keys: set[int], max_frames:
             local_items = list(frame.f_locals.items())
         except Exception:
             continue
+        release_locals_snapshot(frame)
         for name, value in local_items:
             candidates: list[tuple[str, Any]] = [(name, value)]
             if name == "self" and hasattr(value, "__dict__"):
