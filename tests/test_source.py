@@ -63,3 +63,24 @@ def test_statement_start_of_a_multiline_call(tmp_path: Path) -> None:
     p.write_text("x = f(\n    1,\n    2,\n)\ny = 3\n")
     assert statement_start(str(p), 3) == 1
     assert statement_start(str(p), 5) == 5
+
+
+def test_mutations_inside_expressions_items_and_owner_classes(tmp_path: Path) -> None:
+    p = tmp_path / "h.py"
+    p.write_text(textwrap.dedent('''\
+        feats = []
+        hook = lambda m, i, o: feats.append(o)
+        metrics = {}
+        for step in range(3):
+            metrics["loss"].append(step)
+
+        class Meter:
+            def update(self, v):
+                self.total += v
+    '''))
+    f = str(p)
+    assert find_statement(f, "<module>", 0, 4, "feats") == 2
+    assert find_statement(f, "<module>", 0, 4, "metrics") == 5
+    # trainer.meter.total is changed as self.total inside Meter (the owner's class file)
+    assert find_statement(str(tmp_path / "missing.py"), "f", 1, 1, "trainer.meter.total") is None
+    assert find_statement(f, "<module>", 0, 4, "trainer.meter.total", owner_file=f) == 9
