@@ -258,8 +258,38 @@ class Session:
             self.detail = False
 
     def _catch_up_census(self) -> None:
-        for t in live_tensors():
-            self.tracker.ensure(t)
+        """Count the storages made while watching that are still alive.
+
+        Look where a training loop keeps its memory: the user's frames and their objects, with
+        what their autograd graphs saved; the models (parameters, buffers, gradients); the
+        optimizers (state, gradients). A heap scan finds every other tensor object but costs
+        milliseconds per 100k Python objects (15-40 ms in a training script): it runs too only
+        where that keeps heap scans under 1% of the run's time.
+        """
+        from memprof.collect import census as census_mod
+
+        tracker = self.tracker
+        for t in census_mod.reachable_tensors(main_thread_frame()):
+            tracker.ensure(t)
+        for m in list(self.modules.modules.values()):
+            for p in m._parameters.values():
+                if p is not None:
+                    tracker.ensure(p)
+                    if p.grad is not None:
+                        tracker.ensure(p.grad)
+            for b in m._buffers.values():
+                if b is not None:
+                    tracker.ensure(b)
+        now = time.perf_counter()
+        next_scan = getattr(self, "_next_heap_scan", None)
+        if next_scan is None:  # the session's start scanned the heap (_adopt_existing)
+            next_scan = self._t0 + 100 * census_mod.last_scan_seconds
+        if now >= next_scan:
+            for t in live_tensors():
+                tracker.ensure(t)
+            done = time.perf_counter()
+            next_scan = done + 100 * (done - now)
+        self._next_heap_scan = next_scan
         self._categorise_optimizers()
 
     def _guard(self, fn: Any) -> Any:
@@ -424,11 +454,15 @@ class Session:
         """A new high of this iteration: note old storages still alive, and who holds them."""
         tracker = self.tracker
         tracker.peak_watch_at = int(live * 1.01)
+        # Within an iteration old storages only die and the watch fires only higher: once no old
+        # storage is worth naming, none will be until the next iteration (begin_step re-arms it).
         if tracker.old_transient_bytes < LINGER_MIN_SHARE * live:
             self._lingering = {}
+            tracker.peak_watch_at = sys.maxsize
             return
         big = {k: r for k, r in tracker.old_transient.items() if r.nbytes >= 0.01 * live}
         if not big:
+            tracker.peak_watch_at = sys.maxsize
             return
         names = names_of_storages(main_thread_frame(), set(big))
         found: dict[int, LingeringCandidate] = {}
@@ -502,6 +536,21 @@ class Session:
             rec.lingering = self._resolve_lingering()
             self.doctor.observe(rec, self.forwards.by_node)
             self._last_detailed = rec
+            if phase == "train" and self.config.advise and not hasattr(self, "_advisor_replays"):
+                # The advisor's replays of the training step on fake tensors (no memory), made now
+                # while the model is alive; the session's hooks stand still meanwhile.
+                from memprof.advise.replay import make_replays
+
+                stopped, self.stopped = self.stopped, True
+                self._advisor_replays = None
+                try:
+                    self._advisor_replays = make_replays(
+                        list(self.modules.last_inputs.values()), list(self._optimizers.values()), self.modules.records(),
+                        sources=[self.config.script])
+                except Exception as e:
+                    self._warn(f"the advisor's replay failed: {e!r}")
+                finally:
+                    self.stopped = stopped
         self.iterations.append(rec)
 
     def _resolve_lingering(self) -> list[LingeringCandidate]:
@@ -536,6 +585,8 @@ class Session:
 
     def _schedule(self, phase: str) -> None:
         """Decide whether the next iteration runs in detail."""
+        from memprof.collect.storage import heap_in_use_bytes
+
         cfg = self.config
         if cfg.detail == "off":
             self._set_detail(False)
@@ -547,14 +598,16 @@ class Session:
         want = n < cfg.detail_steps
         if phase != self.phase:
             self._rearm = max(self._rearm, 4)  # a new phase (training <-> evaluation): look again
-        counter = self._counter()
+        counter = None if self.cuda.active else heap_in_use_bytes()
+        if counter is None:
+            counter = self._counter()
         if self.detail:
             self._counter_high = max(self._counter_high, counter)
             self._watched_since_detail = 0
         else:
             self._watched_since_detail = self.index - (self._last_detailed.index if self._last_detailed else 0)
-            # RSS (CPU) and the allocator (CUDA) rise only past their high-water mark: a rise of a
-            # MiB means live memory beyond anything detail measured.
+            # The allocator's bytes in use (CUDA's; on CPU the C heap's, else the resident set) at
+            # a boundary: a MiB above the highest that detail saw means memory beyond what it measured.
             margin = 1 << 20
             if counter > self._counter_high + margin:  # memory beyond what detail saw: look again
                 self._rearm = max(self._rearm, 2)
@@ -592,7 +645,31 @@ class Session:
         if self._oom is not None:
             return
         tracker = self.tracker
-        refs = sorted(tracker.live_refs(), key=lambda r: -r.nbytes)
+        live, cat = tracker.live, list(tracker.cat)
+        refs = tracker.live_refs()
+        failed = None
+        if source == "memory-limit" and requested:  # the tracker counted the request that failed: not held
+            failed = next((r for r in reversed(refs) if r.seq == tracker.seq), None)
+            if failed is not None:
+                refs = [r for r in refs if r is not failed]
+                live -= failed.nbytes
+                cat[failed.category] -= failed.nbytes
+        # The failing iteration's frontier so far, the request included: what it needed at least.
+        req = requested or 0
+        req_scaled = req if failed is None or failed.scaled else 0  # CUDA: a large request is a batch's
+        need = (live + req, tracker.scaled_live - (failed.nbytes if failed is not None and failed.scaled else 0) + req_scaled)
+        partial = _pareto(tracker.local_peaks + [(tracker.live, tracker.scaled_live), need])
+        pre_fixed = sum(r.nbytes for r in refs if r.step == PRE_LOOP and r.category >= ACTIVATIONS and not r.scaled)
+        pre_scaled = sum(r.nbytes for r in refs if r.step == PRE_LOOP and r.category >= ACTIVATIONS and r.scaled)
+        refs = sorted(refs, key=lambda r: -r.nbytes)
+        if not self._optimizers:  # died before the first optimizer step: find the optimizers anyway
+            try:
+                params = {id(p) for m in self.modules.roots.values() for p in m.parameters()}
+                for opt in live_objects(torch.optim.Optimizer):
+                    if any(id(p) in params for g in opt.param_groups for p in g["params"]):
+                        self._optimizers[id(opt)] = opt
+            except Exception:
+                pass
         by_module: dict[str, int] = {}
         for r in refs:
             name = r.module or ("(before the first step)" if r.step == PRE_LOOP else "(outside modules)")
@@ -606,11 +683,13 @@ class Session:
             for r in refs[:10]
         ]
         self._oom = OomCapture(
-            requested_bytes=requested, live_bytes=tracker.live,
+            requested_bytes=requested, live_bytes=live,
             limit_bytes=self.config.memory_limit_bytes,
-            breakdown={c.value: tracker.cat[i] for i, c in enumerate(CATEGORIES)},
+            breakdown={c.value: cat[i] for i, c in enumerate(CATEGORIES)},
             by_module=dict(sorted(by_module.items(), key=lambda kv: -kv[1])[:12]),
             largest=largest, step=self.index, source=source,
+            partial_frontier=partial, batch_size=self._iter_batch or tracker.batch_size,
+            pre_loop_fixed_bytes=pre_fixed, pre_loop_scaled_bytes=pre_scaled,
         )
 
     # -- the report ------------------------------------------------------------------------------
@@ -627,7 +706,7 @@ class Session:
             options = {k: v for k, v in opt.defaults.items() if isinstance(v, (bool, int, float, str, type(None)))}
             optimizers.append(OptimizerInfo(
                 type=type(opt).__name__, state_bytes=state, param_bytes=sum(p.untyped_storage().nbytes() for p in params),
-                param_count=sum(p.numel() for p in params), options=options,
+                param_count=sum(p.numel() for p in params), options=options, ref=weakref.ref(opt),
             ))
         cuda_final = None
         if self.cuda.steps:
@@ -635,13 +714,35 @@ class Session:
 
             cuda_final = asdict(self.cuda.steps[-1])
         peak = self._run_peak_cuda if self.cuda.active and self._run_peak_cuda else self.tracker.peak
+        if cuda_final is not None:
+            try:  # what nvidia-smi sees: the advisor's CUDA context estimate
+                free, total = self.cuda.backend.mem_get_info(self.cuda.index)
+                cuda_final.update(device_free_bytes=int(free), device_total_bytes=int(total))
+            except Exception:
+                pass
+        replays = getattr(self, "_advisor_replays", None)
+        if replays is None and self.config.advise and self.modules.last_inputs:
+            # No training step completed (an out-of-memory at the first one, or no training): replay
+            # now if the model still lives (an exception's traceback keeps it).
+            try:
+                from memprof.advise.replay import make_replays
+
+                replays = self._advisor_replays = make_replays(
+                    list(self.modules.last_inputs.values()), list(self._optimizers.values()), self.modules.records(),
+                    sources=[self.config.script])
+            except Exception as e:
+                self._warn(f"the advisor's replay failed: {e!r}")
         return RunData(
             iterations=self.iterations, peak_bytes=peak, tracked_peak_bytes=self.tracker.peak,
             breakdown_at_peak={c.value: self.tracker.peak_cat[i] for i, c in enumerate(CATEGORIES)},
             device_type=device_type, device_total_bytes=dev[1] if dev else None,
             budget_bytes=self.config.budget_bytes, memory_limit_bytes=self.config.memory_limit_bytes,
             optimizers=optimizers, modules=self.modules.records(), cuda=cuda_final, oom=self._oom,
-            autocast_used=self._autocast_used,
+            autocast_used=self._autocast_used, batch_size=self.tracker.batch_size,
+            pre_loop_peak=self.tracker.pre_loop_peak if self.tracker.step != PRE_LOOP else self.tracker.step_peak,
+            calls=list(self.modules.last_inputs.values()), replays=replays,
+            batch_collides=bool(self.tracker.batch_size)
+            and any(self.tracker.batch_size in shape for shape in self.tracker.fixed_shapes),
         )
 
     def _build_report(self, status: Status, exc: BaseException | None, exit_code: int | None) -> Report:

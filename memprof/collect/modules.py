@@ -27,6 +27,47 @@ from torch.utils.hooks import RemovableHandle
 
 from memprof.collect.sites import user_frame
 from memprof.collect.storage import ACTIVATIONS, OTHER, PARAMETERS, StorageTracker
+from memprof.collect.timeline import CallInputs, TensorSpec
+
+_PLAIN = (torch.Tensor, nn.Parameter)
+_dispatch_depth = torch._C._len_torch_dispatch_stack
+_dispatch_mode_at = torch._C._get_dispatch_stack_at
+_no_dispatch = torch._C._DisableTorchDispatch
+
+
+def _subtree_gradient_bytes(root: nn.Module, totals: dict[int, int]) -> bool:
+    """``totals[id(m)]``: the gradient bytes of every module ``m`` in ``root``'s tree, in one walk
+    (``m.parameters()`` per module walks each subtree again: quadratic in the depth). False when a
+    module or a parameter appears twice in the tree, where sums would count it twice."""
+    seen_modules: set[int] = set()
+    seen_params: set[int] = set()
+    order: list[nn.Module] = []
+    stack = [root]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen_modules:
+            return False
+        seen_modules.add(id(m))
+        order.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    local: dict[int, int] = {}
+    for m in reversed(order):  # every module after its submodules
+        total = 0
+        for p in m._parameters.values():
+            if p is None:
+                continue
+            if id(p) in seen_params:
+                return False
+            seen_params.add(id(p))
+            g = p.grad
+            if g is not None:
+                total += g.untyped_storage().nbytes()
+        for c in m._modules.values():
+            if c is not None:
+                total += local[id(c)]
+        local[id(m)] = total
+    totals.update(local)
+    return True
 
 
 @dataclass
@@ -81,6 +122,45 @@ def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -
     return int(t.shape[0])
 
 
+_SIMPLE = (type(None), bool, int, float, str)
+
+
+def _describe(obj: Any, depth: int = 0) -> tuple[Any, bool]:
+    """``obj`` with every tensor replaced by a :class:`TensorSpec`; False when something can't be."""
+    if isinstance(obj, torch.Tensor):
+        return TensorSpec(tuple(obj.shape), obj.dtype, str(obj.device), obj.requires_grad), True
+    if isinstance(obj, _SIMPLE) or isinstance(obj, (torch.dtype, torch.device)):
+        return obj, True
+    if depth < 3 and isinstance(obj, (list, tuple)) and len(obj) <= 64 and type(obj) in (list, tuple):
+        items = [_describe(o, depth + 1) for o in obj]
+        return type(obj)(i for i, _ in items), all(ok for _, ok in items)
+    if depth < 3 and type(obj) is dict and len(obj) <= 64:
+        described = {k: _describe(v, depth + 1) for k, v in obj.items()}
+        return {k: v for k, (v, _) in described.items()}, all(ok for _, ok in described.values())
+    return None, False
+
+
+def _tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if depth < 3 and isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o, depth + 1)]
+    if depth < 3 and isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o, depth + 1)]
+    return []
+
+
+def call_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> CallInputs:
+    """What ``module`` is called with, described (shapes and dtypes), for the advisor's replay."""
+    a, ok_a = _describe(tuple(args))
+    k, ok_k = _describe(dict(kwargs or {}))
+    return CallInputs(
+        module=weakref.ref(module), args=a, kwargs=k, batch_size=batch_size_of(args, kwargs),
+        training=module.training, grad_enabled=torch.is_grad_enabled(),
+        autocast=torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"), complete=ok_a and ok_k,
+    )
+
+
 class ModuleCollector:
     def __init__(
         self,
@@ -102,6 +182,7 @@ class ModuleCollector:
         self._saved_hooks: Any = None
         self._current_root: nn.Module | None = None
         self._current_call: RootCall | None = None
+        self.last_inputs: dict[tuple[int, bool], CallInputs] = {}  # (id(root), grad on) -> its last call
         self.detail = False
 
     # -- detail on/off ---------------------------------------------------------------------------
@@ -197,6 +278,13 @@ class ModuleCollector:
         frame = user_frame(sys._getframe(1))
         site = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
         call_site = (id(frame.f_code), frame.f_lasti) if frame is not None else (0, 0)
+        try:
+            described = call_inputs(module, args, kwargs or {})
+            self.last_inputs[(id(module), described.grad_enabled)] = described
+            if not self.tracker.batch_size:  # the first batch: the tracker marks it as scaling
+                self.tracker.first_inputs = {id(t.untyped_storage()) for t in _tensors((args, kwargs))}
+        except Exception:
+            pass
         return RootCall(
             call_site=call_site,
             module=module,
@@ -237,10 +325,10 @@ class ModuleCollector:
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         try:
             tracker = self.tracker
-            ref = tracker.ref_of(t)
+            ref = tracker.refs.get(id(t.untyped_storage()))
             if ref is not None:
                 if ref.category == OTHER:
-                    tracker.set_category(t, ACTIVATIONS)
+                    tracker.recategorise(ref, ACTIVATIONS)
                 key, n = ref.key, ref.nbytes
                 for st in self.stack:
                     if key not in st._step_keys:
@@ -248,6 +336,11 @@ class ModuleCollector:
                         st._step_bytes += n
         except Exception:  # never break the user's forward
             pass
+        if type(t) in _PLAIN and _dispatch_depth() == 1 and _dispatch_mode_at(0) is self.tracker:
+            # Only memprof's tracker would see this detach, and an alias needs no counting: skip
+            # the trip through Python dispatch (a microsecond per saved tensor).
+            with _no_dispatch():
+                return t.detach()
         return t.detach()
 
     @staticmethod
@@ -260,20 +353,30 @@ class ModuleCollector:
         for st in self.stats.values():
             if st._step_bytes > st.activation_bytes:
                 st.activation_bytes = st._step_bytes
-            st._step_keys = set()
+            if st._step_keys:  # most modules save nothing: no new set for them
+                st._step_keys = set()
             st._step_bytes = 0
 
     def record_gradients(self) -> None:
+        """Each module's gradient bytes (its parameters' and its submodules'), the largest seen."""
+        totals: dict[int, int] = {}
+        for root in list(self.roots.values()):
+            if not _subtree_gradient_bytes(root, totals):
+                totals = {}  # shared weights: count module by module, as parameters() dedups them
+                break
         for key, st in self.stats.items():
-            mod = self.modules.get(key)
-            if mod is None:
-                continue
-            total = 0
-            for p in mod.parameters():
-                g = p.grad
-                if g is not None:
-                    total += g.untyped_storage().nbytes()
-            st.gradient_bytes = max(st.gradient_bytes, total)
+            total = totals.get(key)
+            if total is None:
+                mod = self.modules.get(key)
+                if mod is None:
+                    continue
+                total = 0
+                for p in mod.parameters():
+                    g = p.grad
+                    if g is not None:
+                        total += g.untyped_storage().nbytes()
+            if total > st.gradient_bytes:
+                st.gradient_bytes = total
 
     def records(self) -> list[ModuleStats]:
         return list(self.stats.values())

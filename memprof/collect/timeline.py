@@ -70,6 +70,37 @@ class OomCapture:
     largest: list[TensorInfo]
     step: int
     source: str  # "memory-limit" | "cuda"
+    # For the advisor: the failing iteration's (fixed, scaled) local maxima so far, the failed
+    # request included (a lower bound of what it needed), and its batch size.
+    partial_frontier: list[tuple[int, int]] = field(default_factory=list)
+    batch_size: int | None = None
+    # Live bytes made before the loop that don't scale (a data set), and those that do (the batch).
+    pre_loop_fixed_bytes: int = 0
+    pre_loop_scaled_bytes: int = 0
+
+
+@dataclass
+class TensorSpec:
+    """A tensor argument of a model call, described, not kept."""
+
+    shape: tuple[int, ...]
+    dtype: Any  # torch.dtype
+    device: str
+    requires_grad: bool = False
+
+
+@dataclass
+class CallInputs:
+    """What a root module was last called with (shapes only): lets the advisor replay the call."""
+
+    module: Any  # weakref.ref to the nn.Module
+    args: Any  # the positional arguments: a pytree with TensorSpec leaves
+    kwargs: Any
+    batch_size: int | None
+    training: bool
+    grad_enabled: bool
+    autocast: bool
+    complete: bool = True  # False: an argument could not be described (the replay can't rebuild it)
 
 
 @dataclass
@@ -79,6 +110,7 @@ class OptimizerInfo:
     param_bytes: int
     param_count: int
     options: dict[str, Any] = field(default_factory=dict)
+    ref: Any = None  # weakref.ref to the optimizer, for the advisor's replay
 
 
 @dataclass
@@ -98,3 +130,10 @@ class RunData:
     cuda: dict[str, int] | None
     oom: OomCapture | None
     autocast_used: bool = False
+    batch_size: int | None = None  # the batch size that the frontiers' "scaled" bytes belong to
+    pre_loop_peak: int = 0  # the highest live bytes before the first iteration
+    calls: list[CallInputs] = field(default_factory=list)  # each root module's last call
+    replays: Any = None  # memprof.advise.replay.ReplaySet: made during the run, while the model lived
+    # The batch size is a dimension of a parameter: an activation can then have a parameter's shape,
+    # and "scaled" is ambiguous (the advisor then takes the slope from a replay at a prime batch).
+    batch_collides: bool = False
