@@ -204,6 +204,11 @@ def render(res: Results, command: str, quick: bool) -> str:
     ]
     for kind, v in s.items():
         lines.append(f"| {kind} | {int(v['n'])} | {v['median']:.3%} | {v['worst']:.3%} |")
+        if kind == "post-mortem":
+            default = [abs(r.error) for r in res.rows if r.kind == kind and "zero-grads" not in r.config]
+            if default:
+                lines.append(f"| {kind}, gradients set to None | {len(default)} | {statistics.median(default):.3%} | "
+                             f"{max(default):.3%} |")
     lines += ["", f"Suggested batch size fits its budget and 15% more does not: {fits_ok} of {len(res.fits)}.", "",
               "Known limit: the post-mortem replay assumes `zero_grad(set_to_none=True)` (PyTorch's default); a loop",
               "that zeroes gradients in place keeps them through the forward pass, which a step that never completed",

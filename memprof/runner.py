@@ -56,14 +56,36 @@ def check_target(target: Target) -> None:
 
 
 def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
-    """Skip memprof's and runpy's frames so the traceback reads like plain python's."""
+    """Skip memprof's and runpy's frames so the traceback reads like plain python's: the ones
+    above the script, and the ones below it where memprof raised (a rehearsed out-of-memory)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    while tb is not None:
-        fn = os.path.abspath(tb.tb_frame.f_code.co_filename)
-        if not (fn.startswith(here) or os.path.basename(fn) == "runpy.py"):
-            break
+
+    def ours(t: TracebackType) -> bool:
+        name = t.tb_frame.f_code.co_filename
+        if name.startswith("<frozen runpy"):
+            return True
+        fn = os.path.abspath(name)
+        return fn.startswith(here) or os.path.basename(fn) == "runpy.py"
+
+    while tb is not None and ours(tb):
         tb = tb.tb_next
+    last_theirs, t = None, tb
+    while t is not None:
+        if not ours(t):
+            last_theirs = t
+        elif last_theirs is not None and all(ours(u) for u in _chain(t)):
+            last_theirs.tb_next = None  # only memprof below this point
+            break
+        t = t.tb_next
     return tb
+
+
+def _chain(tb: TracebackType | None) -> list[TracebackType]:
+    out = []
+    while tb is not None:
+        out.append(tb)
+        tb = tb.tb_next
+    return out
 
 
 def _exit_code(code: Any) -> int:

@@ -64,6 +64,9 @@ from memprof.report.model import (
     StepRecord,
 )
 
+# Resident memory (CPU) and the allocator (CUDA) rise only past their high-water mark: a rise of this
+# much means live memory beyond anything detail measured, so detail comes back.
+WATCH_MARGIN_BYTES = 256 * 1024
 LINGER_MIN_SHARE = 0.04  # old storages below this share of live memory are not worth naming
 
 
@@ -341,14 +344,18 @@ class Session:
             self._end_iteration("train", sys._getframe(1))
 
     def _watch_boundary(self, phase: str) -> None:
-        """A boundary in watch mode: one record and, every 50 ms, one look at the counter."""
+        """A boundary in watch mode: one record and one look at the counter, at every step when steps
+        take 2 ms or more (the look costs ~15 us), else every 50 ms."""
         now = time.perf_counter()
         last = self._last_detailed
+        seconds = now - self._iter_t0
         self.iterations.append(IterationRecord(
             index=self.index, phase=phase, detailed=False,
             peak_bytes=last.peak_bytes if last else 0, end_bytes=last.end_bytes if last else 0,
-            batch_size=self._iter_batch, seconds=now - self._iter_t0,
+            batch_size=self._iter_batch, seconds=seconds,
         ))
+        if seconds >= 0.002:
+            self._next_check = now
         self.index += 1
         self.forwards.step = self.index
         self._iter_t0 = now
@@ -608,7 +615,7 @@ class Session:
             self._watched_since_detail = self.index - (self._last_detailed.index if self._last_detailed else 0)
             # The allocator's bytes in use (CUDA's; on CPU the C heap's, else the resident set) at
             # a boundary: a MiB above the highest that detail saw means memory beyond what it measured.
-            margin = 1 << 20
+            margin = WATCH_MARGIN_BYTES
             if counter > self._counter_high + margin:  # memory beyond what detail saw: look again
                 self._rearm = max(self._rearm, 2)
                 self._counter_high = counter
@@ -633,7 +640,9 @@ class Session:
         if self._in_loop and not self._step_since_root and self._root_calls and not self._opt_in_iteration:
             # The last iteration of an evaluation loop ends with the script; its end is the last model
             # call's, not the empty memory after the script returned.
-            self._record_iteration("eval" if self.phase == "eval" or self._primary_opt is None else self.phase, None)
+            # A run that died in its first training step (an out-of-memory in backward) was training.
+            training = self.phase == "train" and (self._primary_opt is not None or self._backwards > 0)
+            self._record_iteration("train" if training else "eval", None)
             if self.iterations and self.iterations[-1].detailed:
                 self.iterations[-1].end_bytes = self._live_after_call
         # Forward passes still pending at the end without backward: their graphs are dropped now.
