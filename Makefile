@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/memprof run --json demo-report.json --html demo-report.html examples/train_mlp.py --steps 30
+	$(BIN)/memprof run --budget 40MiB --json demo-report.json --html demo-report.html examples/train_mlp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,14 +35,14 @@ def main():
     a = p.parse_args()
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    x, y = make_data(a.steps * a.batch_size, g)
+    x, y = make_data(4096, g)
     val_x, val_y = make_data(1024, g)
     model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     total_loss = 0.0
     for step in range(a.steps):
-        xb = x[step * a.batch_size:(step + 1) * a.batch_size]
-        yb = y[step * a.batch_size:(step + 1) * a.batch_size]
+        idx = torch.randint(0, len(x), (a.batch_size,), generator=g)
+        xb, yb = x[idx], y[idx]
         loss = nn.functional.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()

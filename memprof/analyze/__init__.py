@@ -42,10 +42,11 @@ class Doctor:
             if old is None:
                 self._index[key] = f
                 self.findings.append(f)
-            else:  # the same problem seen again: keep the first step, the largest stake
-                old.bytes = max(old.bytes, f.bytes)
+            else:  # the same problem seen again: keep the first step, and the latest figures
+                if f.bytes >= old.bytes or _SEVERITY_ORDER[f.severity] < _SEVERITY_ORDER[old.severity]:
+                    old.bytes, old.message, old.advice, old.extra = f.bytes, f.message, f.advice, f.extra
                 if _SEVERITY_ORDER[f.severity] < _SEVERITY_ORDER[old.severity]:
-                    old.severity, old.message, old.advice = f.severity, f.message, f.advice
+                    old.severity = f.severity
 
     def observe(self, it: IterationRecord, forwards: dict[int, ForwardRecord]) -> None:
         for rec in forwards.values():
