@@ -40,7 +40,7 @@ def main():
     model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 2))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     total_loss = 0.0
-    for step in range(a.steps):
+    for _ in range(a.steps):
         idx = torch.randint(0, len(x), (a.batch_size,), generator=g)
         xb, yb = x[idx], y[idx]
         loss = nn.functional.cross_entropy(model(xb), yb)
