@@ -46,12 +46,14 @@ import torch  # noqa: E402
 from benchmarks.models import WORKLOADS, Trainer  # noqa: E402
 
 TOOLS = ("memprof", "memprof_full", "torch_profiler", "mem_tracker")
+EXTRA_TOOLS = ("noop_dispatch",)  # on request (--tools): the floor of any Python TorchDispatchMode
 TOOL_LABELS = {
     "plain": "plain PyTorch",
     "memprof": "memprof (default)",
     "memprof_full": "memprof --detail full",
     "torch_profiler": "torch.profiler (memory, shapes, stack)",
     "mem_tracker": "MemTracker",
+    "noop_dispatch": "no-op Python dispatch mode",
 }
 # The issue's budgets, on CPU, steady state.
 BUDGETS: list[tuple[str, str, float]] = [
@@ -148,6 +150,34 @@ class MemTrackerTool(Tool):
         self.mt = None
 
 
+class NoopDispatchTool(Tool):
+    """A TorchDispatchMode that only calls each op, the way memprof's tracker does: what any
+    per-op Python hook costs before it does anything (the detailed mode's floor)."""
+
+    name = "noop_dispatch"
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from memprof.collect.storage import _skip_dynamo
+
+        class Noop(TorchDispatchMode):
+            @classmethod
+            def _should_skip_dynamo(cls) -> bool:
+                return not _skip_dynamo(cls.__dict__["__torch_dispatch__"].__code__)
+
+            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+                return func._op(*args, **kwargs) if kwargs else func._op(*args)
+
+        self.mode = Noop()
+
+    def enter(self, trainer: Trainer) -> None:
+        self.mode.__enter__()
+
+    def exit(self) -> None:
+        self.mode.__exit__(None, None, None)
+
+
 def make_tool(name: str) -> Tool:
     if name == "memprof":
         return MemprofTool("auto")
@@ -157,6 +187,8 @@ def make_tool(name: str) -> Tool:
         return TorchProfilerTool()
     if name == "mem_tracker":
         return MemTrackerTool()
+    if name == "noop_dispatch":
+        return NoopDispatchTool()
     raise ValueError(name)
 
 
@@ -492,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: one round, short blocks, few steps")
     ap.add_argument("--models", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
-    ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: " + ", ".join(TOOLS))
+    ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: " + ", ".join(TOOLS + EXTRA_TOOLS))
     ap.add_argument("--rounds", type=int, default=7, help="paired rounds per model and tool (default 7)")
     ap.add_argument("--block-seconds", type=float, default=1.0, help="length of each plain block (default 1.0)")
     ap.add_argument("--threads", type=int, default=1,
@@ -520,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         if m not in WORKLOADS:
             ap.error(f"unknown model {m!r}")
     for t in tools:
-        if t not in TOOLS:
+        if t not in TOOLS + EXTRA_TOOLS:
             ap.error(f"unknown tool {t!r}")
 
     def log(msg: str) -> None:

@@ -6,7 +6,7 @@
 Detail is costly, watching is cheap. The first ``detail_steps`` iterations run in full detail
 (every op counted, every module call hooked, a census of the user's variables at each boundary).
 Then the session watches: only the optimizer step hooks and the root modules' own hooks stay on,
-and each boundary reads one counter (the CUDA allocator's, or the process's resident memory on
+and each boundary reads one counter (the CUDA allocator's, or the C heap's bytes in use on
 CPU). Detail comes back for a few iterations when that counter grows past what detail measured,
 when the run switches between training and evaluation, and periodically, with a backoff.
 
@@ -614,7 +614,7 @@ class Session:
         else:
             self._watched_since_detail = self.index - (self._last_detailed.index if self._last_detailed else 0)
             # The allocator's bytes in use (CUDA's; on CPU the C heap's, else the resident set) at
-            # a boundary: a MiB above the highest that detail saw means memory beyond what it measured.
+            # a boundary: a margin above the highest that detail saw means memory beyond what it measured.
             margin = WATCH_MARGIN_BYTES
             if counter > self._counter_high + margin:  # memory beyond what detail saw: look again
                 self._rearm = max(self._rearm, 2)

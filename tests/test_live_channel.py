@@ -156,7 +156,9 @@ def test_publish_never_blocks_without_readers(publisher: LivePublisher) -> None:
         for i in range(2000):
             publisher.publish(state(i, modules=big))
         per_call = (time.perf_counter() - t0) / 2000
-        assert per_call < 200e-6, f"publish took {per_call * 1e6:.0f} µs"
+        # A blocked publish would wait for the reader forever; the bound only tells blocking from not
+        # (the cost itself is measured in benchmarks/, not asserted here).
+        assert per_call < 5e-3, f"publish took {per_call * 1e6:.0f} µs: it waits for the reader"
         time.sleep(0.2)
         # The publisher still serves a new reader the latest state.
         with LiveClient(publisher.path, timeout=2) as client:

@@ -281,7 +281,8 @@ class LivePublisher:
                         elif events & selectors.EVENT_WRITE:
                             self._flush(sel, clients, client)
                 seq = self._seq
-                if seq != line_seq and self._latest is not None:
+                # Encode only for someone: with no reader connected the run pays nothing here.
+                if seq != line_seq and self._latest is not None and clients:
                     try:
                         line, line_seq = _encode(self._latest), seq
                     except Exception as e:  # e.g. mutated while encoding; the next publish retries
