@@ -52,6 +52,7 @@ from memprof.collect.timeline import (
     OptimizerInfo,
     RunData,
     TensorInfo,
+    frontier_from_live,
 )
 from memprof.report.model import (
     CATEGORIES,
@@ -90,18 +91,6 @@ def _rss_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def _pareto(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(fixed, scaled) points not dominated by another: all that matters for max(fixed + r*scaled)."""
-    pts = sorted({(live - scaled, scaled) for live, scaled in points}, key=lambda p: (-p[1], -p[0]))
-    out: list[tuple[int, int]] = []
-    best_fixed = -1
-    for fixed, scaled in pts:
-        if fixed > best_fixed:
-            out.append((fixed, scaled))
-            best_fixed = fixed
-    return out
 
 
 class Session:
@@ -533,7 +522,7 @@ class Session:
             cuda_allocated_peak=cuda_peak, cuda_reserved=cuda_reserved,
         )
         if detailed:
-            rec.frontier = _pareto(tracker.local_peaks + [(tracker.live, tracker.scaled_live)])
+            rec.frontier = frontier_from_live(tracker.local_peaks + [(tracker.live, tracker.scaled_live)])
             rec.breakdown_at_peak = {c.value: tracker.cat[i] for i, c in enumerate(CATEGORIES)}
             self.modules.end_step()
             if phase == "train":
@@ -667,7 +656,7 @@ class Session:
         req = requested or 0
         req_scaled = req if failed is None or failed.scaled else 0  # CUDA: a large request is a batch's
         need = (live + req, tracker.scaled_live - (failed.nbytes if failed is not None and failed.scaled else 0) + req_scaled)
-        partial = _pareto(tracker.local_peaks + [(tracker.live, tracker.scaled_live), need])
+        partial = frontier_from_live(tracker.local_peaks + [(tracker.live, tracker.scaled_live), need])
         pre_fixed = sum(r.nbytes for r in refs if r.step == PRE_LOOP and r.category >= ACTIVATIONS and not r.scaled)
         pre_scaled = sum(r.nbytes for r in refs if r.step == PRE_LOOP and r.category >= ACTIVATIONS and r.scaled)
         refs = sorted(refs, key=lambda r: -r.nbytes)

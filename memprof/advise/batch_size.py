@@ -23,7 +23,7 @@ from typing import Any
 
 from memprof.advise.budget import Budget
 from memprof.advise.replay import ReplaySet
-from memprof.collect.timeline import IterationRecord, RunData
+from memprof.collect.timeline import IterationRecord, RunData, frontier
 from memprof.report.model import Recommendation, RecommendationKind
 from memprof.units import fmt_bytes
 
@@ -106,7 +106,7 @@ def batch_model(data: RunData, replays: ReplaySet | None = None) -> BatchModel |
         if data.device_type == "cuda":
             gaps = [it.cuda_allocated_peak - it.peak_bytes for it in its if it.cuda_allocated_peak]
             extra = max([0, *gaps])
-        measured = BatchModel(b0=b0, points=_pareto(points), source="measured", extra=extra,
+        measured = BatchModel(b0=b0, points=frontier(points), source="measured", extra=extra,
                               iterations=[it.index for it in its])
         if data.batch_collides and base is not None:
             # The measured peak at b0 is exact, its split into fixed and scaled may not be (an
@@ -114,7 +114,7 @@ def batch_model(data: RunData, replays: ReplaySet | None = None) -> BatchModel |
             # unambiguous) moves differently with the batch, keep the measured peak at b0 and take
             # how it moves from the replay.
             shift = measured.predict(b0) - extra - base.predict(b0)
-            hybrid = BatchModel(b0=b0, points=_pareto([(f + shift, int(s * b0 / base.batch)) for f, s in base.frontier]),
+            hybrid = BatchModel(b0=b0, points=frontier([(f + shift, int(s * b0 / base.batch)) for f, s in base.frontier]),
                                 source="measured+replay", extra=extra, iterations=measured.iterations)
             probes = [max(1, b0 // 2), 8 * b0]
             if any(abs(measured.predict(b) - hybrid.predict(b)) > AGREE * hybrid.predict(b) for b in probes):
@@ -127,21 +127,10 @@ def batch_model(data: RunData, replays: ReplaySet | None = None) -> BatchModel |
         for f, s in base.frontier:
             points.append((f + outside_fixed, int(s * b0 / base.batch + outside_scaled)))
         points.extend(partial)
-        return BatchModel(b0=b0, points=_pareto(points), source="replay")
+        return BatchModel(b0=b0, points=frontier(points), source="replay")
     if partial:
-        return BatchModel(b0=b0, points=_pareto(points + partial), source="partial", lower_bound=True)
+        return BatchModel(b0=b0, points=frontier(points + partial), source="partial", lower_bound=True)
     return None
-
-
-def _pareto(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    pts = sorted(set(points), key=lambda p: (-p[1], -p[0]))
-    out: list[tuple[int, int]] = []
-    best = -1
-    for f, s in pts:
-        if f > best:
-            out.append((f, s))
-            best = f
-    return out
 
 
 def recommend(data: RunData, model: BatchModel, budget: Budget) -> Recommendation | None:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from memprof.collect.timeline import CallInputs, TensorSpec
+from memprof.collect.timeline import CallInputs, TensorSpec, frontier_from_live
 
 _PRIMES = (61, 67, 71, 73, 79, 83, 89, 97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157)
 
@@ -127,19 +127,7 @@ class _Counter(TorchDispatchMode):
             self.scaled -= n
 
     def points(self, base: int) -> list[tuple[int, int]]:
-        return pareto([(base + live, scaled) for live, scaled in [*self.peaks, (self.live, self.scaled)]])
-
-
-def pareto(points: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(live, scaled) -> the (fixed, scaled) points that can hold the peak at some batch size."""
-    pts = sorted({(live - scaled, scaled) for live, scaled in points}, key=lambda p: (-p[1], -p[0]))
-    out: list[tuple[int, int]] = []
-    best = -1
-    for fixed, scaled in pts:
-        if fixed > best:
-            out.append((fixed, scaled))
-            best = fixed
-    return out
+        return frontier_from_live([(base + live, scaled) for live, scaled in [*self.peaks, (self.live, self.scaled)]])
 
 
 def _leaves(obj: Any) -> Iterator[Any]:

@@ -74,30 +74,28 @@ class VarObservation:
 
 
 class _SavedNames:
-    """Names of a node type's ``_saved_*`` attributes (cached: dir() is slow)."""
+    """Names of a node type's ``_saved_*`` (unpacked) or ``_raw_saved_*`` (as stored) attributes,
+    cached per type and prefix: dir() is slow."""
 
-    cache: dict[type, tuple[str, ...]] = {}
+    cache: dict[tuple[type, str], tuple[str, ...]] = {}
+
+    @classmethod
+    def _names(cls, node: Any, prefix: str) -> tuple[str, ...]:
+        key = (type(node), prefix)
+        names = cls.cache.get(key)
+        if names is None:
+            names = tuple(a for a in dir(node) if a.startswith(prefix))
+            cls.cache[key] = names
+        return names
 
     @classmethod
     def of(cls, node: Any) -> tuple[str, ...]:
-        t = type(node)
-        names = cls.cache.get(t)
-        if names is None:
-            names = tuple(a for a in dir(node) if a.startswith("_saved_"))
-            cls.cache[t] = names
-        return names
-
-    raw_cache: dict[type, tuple[str, ...]] = {}
+        return cls._names(node, "_saved_")
 
     @classmethod
     def raw(cls, node: Any) -> tuple[str, ...]:
-        """Names of the ``_raw_saved_*`` attributes: the saved tensors, read without unpacking."""
-        t = type(node)
-        names = cls.raw_cache.get(t)
-        if names is None:
-            names = tuple(a for a in dir(node) if a.startswith("_raw_saved_"))
-            cls.raw_cache[t] = names
-        return names
+        """The saved tensors, read without unpacking."""
+        return cls._names(node, "_raw_saved_")
 
 
 def _nothing_saved(node: Any) -> bool:

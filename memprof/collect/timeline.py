@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,3 +137,20 @@ class RunData:
     # The batch size is a dimension of a parameter: an activation can then have a parameter's shape,
     # and "scaled" is ambiguous (the advisor then takes the slope from a replay at a prime batch).
     batch_collides: bool = False
+
+
+def frontier(points: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (fixed, scaled) points not dominated by another: all that matters for max(fixed + r * scaled)
+    at any batch ratio r >= 0."""
+    out: list[tuple[int, int]] = []
+    best = -1
+    for fixed, scaled in sorted(set(points), key=lambda p: (-p[1], -p[0])):
+        if fixed > best:
+            out.append((fixed, scaled))
+            best = fixed
+    return out
+
+
+def frontier_from_live(points: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The same from (live, scaled) pairs, as the tracker records them."""
+    return frontier((live - scaled, scaled) for live, scaled in points)
