@@ -426,6 +426,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def op_hook_feed(log: Callable[[str], None]) -> str:
+    """Which feed memprof's storage tracker runs on here: the C++ op hook, built now if it can be
+    (as ``--detail full`` would), so that every round measures the same one; or the Python mode."""
+    from memprof.collect import ophook
+
+    hook = ophook.load(build=True, log=log)
+    if hook is not None:
+        return "C++ op hook"
+    return f"Python dispatch mode ({ophook.failure() or 'op hook turned off'})"
+
+
 def _fmt_ratio(c: Cell | None) -> str:
     if c is None:
         return "-"
@@ -471,6 +482,7 @@ def render(cells: list[Cell], startup: Startup | None, report: ReportBuild | Non
         + (f", GPU {info['gpu']}" if info.get("gpu") else "")
         + (f"; load average at start {info['load_average']}" if info.get("load_average") else "") + ".",
         "",
+        *([f"memprof's storage tracker ran on: {info['memprof_feed']}.", ""] if info.get("memprof_feed") else []),
         f"Step time, steady state: per model and tool, {rounds} round(s) of a plain block (about {block_seconds:g} s) "
         "then a block under the tool, entered fresh and warmed up. Each cell: the median step time under the tool, "
         "and the medians of the paired ratios tool / plain, in wall-clock time and in the process's CPU time "
@@ -559,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     info = machine()
+    if any(t.startswith("memprof") for t in tools):
+        info["memprof_feed"] = op_hook_feed(log)
     log(f"machine: {info}")
     cells: list[Cell] = []
     if "steps" not in skip:

@@ -31,6 +31,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from memprof._version import __version__
+from memprof.collect import ophook
 from memprof.collect.census import census, live_objects, live_tensors, names_of_storages
 from memprof.collect.cuda import CudaBackend, CudaCollector
 from memprof.collect.graphs import ForwardRecord, ForwardTracker
@@ -69,6 +70,7 @@ from memprof.report.model import (
 # much means live memory beyond anything detail measured, so detail comes back.
 WATCH_MARGIN_BYTES = 256 * 1024
 LINGER_MIN_SHARE = 0.04  # old storages below this share of live memory are not worth naming
+FULL_DETAIL_PERIOD = 16  # --detail full: the census and other slow looks every this many iterations
 
 
 @dataclass
@@ -83,6 +85,10 @@ class SessionConfig:
     publish: bool = True  # the live channel for `memprof monitor` and `--tui`
     report_path: str | None = None  # where the JSON report will be written, shown by the UIs
     advise: bool = True
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _rss_bytes() -> int:
@@ -123,6 +129,8 @@ class Session:
         self._backwards = 0
         self._root_calls = 0
         self._opt_in_iteration = False  # an optimizer (any) stepped in the open iteration
+        self._last_diagnosed: IterationRecord | None = None  # the last iteration with a census
+        self._opt_tensors: dict[int, list[int]] = {}  # id(optimizer) -> ids of its parameters and state
         self._live_after_call = 0
         self._next_check = 0.0
         self._primary_opt: int | None = None
@@ -168,6 +176,9 @@ class Session:
         self.tracker.peak_watch = self._on_peak_watch
         self.tracker.on_over_limit = lambda n: self.capture_oom(n, "memory-limit")
         self.cuda.on_oom = lambda ev: self.capture_oom(ev.requested_bytes, "cuda")
+        self.tracker.hook = ophook.load(build=cfg.detail == "full", log=_stderr_line)
+        if self.tracker.hook is None and cfg.detail == "full" and ophook.failure():
+            self._warn(f"C++ op hook unavailable, detail runs in Python (slower): {ophook.failure()}")
         self._adopt_existing()
         self._set_detail(True)
         if cfg.publish:
@@ -239,11 +250,11 @@ class Session:
             if on:
                 if self.iterations:  # back from watch mode: count what was made meanwhile
                     self._catch_up_census()
-                self.tracker.__enter__()
+                self.tracker.start()
                 self.modules.enable_detail()
             else:
                 self.modules.disable_detail()
-                self.tracker.__exit__(None, None, None)
+                self.tracker.stop()
             self.detail = on
         except Exception as e:
             self._warn(f"could not switch detail {'on' if on else 'off'}: {e}")
@@ -314,7 +325,8 @@ class Session:
                 for p in group["params"]:
                     if p.grad is not None:
                         self.tracker.set_category(p.grad, GRADIENTS)
-            self.modules.record_gradients()
+            if self._sampled_step():  # each module's largest gradient bytes: a maximum, sampled
+                self.modules.record_gradients()
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._opt_in_iteration = True
@@ -366,8 +378,22 @@ class Session:
             if now - self._last_publish > 0.1:
                 self._publish()
 
+    def _sampled_step(self) -> bool:
+        """Where ``--detail full`` looks at what rarely changes (the full-detail steps of the
+        default mode always do): its first ``detail_steps`` iterations, then every 16th."""
+        i = self.index
+        return self.config.detail != "full" or i < self.config.detail_steps or i % FULL_DETAIL_PERIOD == 0
+
     def _categorise_optimizer(self, opt: torch.optim.Optimizer) -> None:
         tracker = self.tracker
+        # The same parameter and state tensors as last time (the common case, with state updated
+        # in place, as torch's optimizers do) are categorised already. A storage swapped under the same
+        # tensor object (`p.data = ...`) waits for the next sampled step.
+        tensors = [id(p) for group in opt.param_groups for p in group["params"]]
+        tensors += [id(v) for state in opt.state.values() for v in state.values()]
+        if self._opt_tensors.get(id(opt)) == tensors and not self._sampled_step():
+            return
+        self._opt_tensors[id(opt)] = tensors
         for group in opt.param_groups:
             for p in group["params"]:
                 tracker.set_category(p, PARAMETERS)
@@ -463,7 +489,7 @@ class Session:
         names = names_of_storages(main_thread_frame(), set(big))
         found: dict[int, LingeringCandidate] = {}
         for k, r in big.items():
-            c = LingeringCandidate(key=k, nbytes=r.nbytes, created_step=r.step)
+            c = LingeringCandidate(key=k, nbytes=r.nbytes, created_step=r.step, seq=r.seq)
             if k in names:
                 path, frame = names[k]
                 code = frame.f_code
@@ -525,12 +551,15 @@ class Session:
             rec.frontier = frontier_from_live(tracker.local_peaks + [(tracker.live, tracker.scaled_live)])
             rec.breakdown_at_peak = {c.value: tracker.cat[i] for i, c in enumerate(CATEGORIES)}
             self.modules.end_step()
-            if phase == "train":
-                self.modules.record_gradients()
-            self._categorise_optimizers()
-            rec.variables = census(frame, max_frames=16, forward_keys=set(self.forwards.by_node), step=self.index)
+            if not self._opt_in_iteration:  # else each optimizer's hooks did it, moments ago
+                if phase == "train":
+                    self.modules.record_gradients()
+                self._categorise_optimizers()
             rec.lingering = self._resolve_lingering()
-            self.doctor.observe(rec, self.forwards.by_node)
+            if self._diagnosis_due(rec):
+                rec.variables = census(frame, max_frames=16, forward_keys=set(self.forwards.by_node), step=self.index)
+                self.doctor.observe(rec, self.forwards.by_node)
+                self._last_diagnosed = rec
             self._last_detailed = rec
             if phase == "train" and self.config.advise and not hasattr(self, "_advisor_replays"):
                 # The advisor's replays of the training step on fake tensors (no memory), made now
@@ -549,6 +578,23 @@ class Session:
                     self.stopped = stopped
         self.iterations.append(rec)
 
+    def _diagnosis_due(self, rec: IterationRecord) -> bool:
+        """Whether this detailed iteration gets a census of the user's variables and the doctor.
+
+        Always in the default mode, where detail is already a sample. With ``--detail full``,
+        every step is measured op by op, but the census (a walk of the user's frames, objects and
+        graphs: most of a small step's cost) runs on the sampled steps (:meth:`_sampled_step`) and
+        wherever it can find something new: when memory at the boundary, the phase or the
+        lingering tensors changed since the last census, and while a graph from an earlier
+        iteration is alive (a kept history holds no new bytes).
+        """
+        last = self._last_diagnosed
+        if (self._sampled_step() or last is None or rec.end_bytes != last.end_bytes
+                or rec.phase != last.phase or rec.lingering or last.lingering):
+            return True
+        index = rec.index
+        return any(r.step < index for r in self.forwards.by_node.values())
+
     def _resolve_lingering(self) -> list[LingeringCandidate]:
         """Old storages alive at a peak that died soon after: what dropping them earlier would save.
 
@@ -557,9 +603,14 @@ class Session:
         freed during the next one: it was there for the whole rest of the iteration.
         """
         tracker = self.tracker
+
+        def alive(c: LingeringCandidate) -> bool:  # its own storage, not a newer one under the same id
+            ref = tracker.refs.get(c.key)
+            return ref is not None and ref.seq == c.seq
+
         confirmed = []
         for c in self._prev_lingering:
-            if c.key not in tracker.refs:
+            if not alive(c):
                 c.freed_before_end = True
                 c.saving = c.nbytes
                 confirmed.append(c)
@@ -573,7 +624,7 @@ class Session:
                 c.freed_before_end = True
                 c.saving = max(0, min(c.nbytes, peak - after))
                 confirmed.append(c)
-            elif c.key in tracker.refs:
+            elif alive(c):
                 deferred.append(c)
         self._prev_lingering = deferred
         tracker.linger_free = {}

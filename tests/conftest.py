@@ -39,3 +39,18 @@ def _private_live_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     """Sessions started by tests publish into a private folder, not the user's `memprof monitor`."""
     if "MEMPROF_LIVE_DIR" not in os.environ:
         monkeypatch.setenv("MEMPROF_LIVE_DIR", str(tmp_path_factory.mktemp("live")))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' own memprof cache (where the C++ op hook is built), not the user's."""
+    return tmp_path_factory.mktemp("memprof-cache")
+
+
+@pytest.fixture(autouse=True)
+def _op_hook_off(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run the tracker's Python dispatch mode unless they ask for the C++ op hook
+    (tests/test_ophook.py): which feed runs must not depend on the order of the tests."""
+    monkeypatch.setenv("MEMPROF_CACHE_DIR", str(cache_dir))
+    if "MEMPROF_OPHOOK" not in os.environ:
+        monkeypatch.setenv("MEMPROF_OPHOOK", "0")

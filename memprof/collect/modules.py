@@ -326,6 +326,10 @@ class ModuleCollector:
         try:
             tracker = self.tracker
             ref = tracker.refs.get(id(t.untyped_storage()))
+            if ref is None and tracker.feed == "ophook":
+                # Autograd saves an op's output before the op ends, and the op hook reports outputs
+                # when it ends (a dispatch mode, below autograd, has counted it already): count it now.
+                ref = tracker.ensure(t)
             if ref is not None:
                 if ref.category == OTHER:
                     tracker.recategorise(ref, ACTIVATIONS)

@@ -1,7 +1,8 @@
 """Live tensor storage bytes, op by op: the CPU-first measure of memory.
 
-A ``TorchDispatchMode`` sees every storage an op creates; a weak reference to the storage object
-(storages keep one Python object for their lifetime) says when it dies. Views and in-place ops
+Every storage an op creates is reported, by the C++ op hook (:mod:`memprof.collect.ophook`) where
+it is built, else by this tracker itself as a ``TorchDispatchMode``; a weak reference to the
+storage object (storages keep one Python object for their lifetime) says when it dies. Views and in-place ops
 reuse a storage already counted, so they cost one dict lookup. This counts what
 ``torch.cuda.memory_allocated`` counts on a GPU, before the allocator's rounding.
 
@@ -93,9 +94,10 @@ def _skip_dynamo(code: Any) -> bool:
 class StorageRef(weakref.ref):  # type: ignore[type-arg]
     """A weak reference to one storage and what we know of it."""
 
-    __slots__ = ("key", "nbytes", "category", "step", "seq", "site", "module", "scaled", "shape", "dtype")
+    __slots__ = ("key", "cdata", "nbytes", "category", "step", "seq", "site", "module", "scaled", "shape", "dtype")
 
     key: int
+    cdata: int  # the C++ storage's address, which the op hook knows it by
     nbytes: int
     category: int
     step: int
@@ -108,10 +110,19 @@ class StorageRef(weakref.ref):  # type: ignore[type-arg]
 
 
 class StorageTracker(TorchDispatchMode):
-    """Counts live storage bytes; the session turns it on for detailed steps."""
+    """Counts live storage bytes; the session turns it on for detailed steps (:meth:`start`).
 
-    def __init__(self) -> None:
+    Two feeds give it the same news: the C++ op hook (:mod:`memprof.collect.ophook`) where it is
+    built, calling :meth:`seen` for each storage it has not reported, or else this class itself
+    as a ``TorchDispatchMode``, looking at every op's outputs in Python.
+    """
+
+    def __init__(self, hook: Any = None) -> None:
         super().__init__()
+        self.hook = hook  # the loaded op hook module, or None
+        self._forget: Callable[[int], None] | None = None  # the op hook's, once it has been used
+        self.feed: str | None = None  # "ophook" or "dispatch" while counting
+        self._free_callback = self._on_free  # one bound method for every weak reference
         self.refs: dict[int, StorageRef] = {}
         self.live = 0
         self.peak = 0
@@ -144,6 +155,35 @@ class StorageTracker(TorchDispatchMode):
         self.peak_watch_at = 0
         self.oom_request: int | None = None
         self.on_over_limit: Callable[[int], None] | None = None
+
+    # -- on and off ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Count every storage ops create from now on, through the op hook where it is built.
+        ``--memory-limit`` raises its out-of-memory inside the op: only the dispatch mode can."""
+        if self.feed is not None:
+            return
+        if self.hook is not None and self.limit is None:
+            self.hook.install(self.seen)
+            self._forget = self.hook.forget
+            self.feed = "ophook"
+        else:
+            self.__enter__()
+            self.feed = "dispatch"
+
+    def stop(self) -> None:
+        feed, self.feed = self.feed, None
+        if feed == "ophook":
+            self.hook.uninstall()
+        elif feed == "dispatch":
+            self.__exit__(None, None, None)
+
+    def seen(self, st: Any, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+        """The op hook's news: an op returned a tensor (``shape``, ``dtype``) on storage ``st`` of
+        ``n`` bytes, which the hook has not reported yet (new, or made while not counting). True:
+        the hook need not report it again until :meth:`_on_free` makes it forget."""
+        if id(st) not in self.refs:  # the hook reports no empty or meta storage
+            self.add(st, shape, dtype, n, self.step)
+        return True
 
     # -- the dispatch hook: keep it lean, it runs for every op ---------------------------------
     @classmethod
@@ -192,25 +232,27 @@ class StorageTracker(TorchDispatchMode):
         n = st.nbytes()
         if n == 0 or t.is_meta:
             return
-        self.add(st, t, n, self.step)
+        self.add(st, t.shape, t.dtype, n, self.step)
 
-    def add(self, st: Any, t: torch.Tensor, n: int, step: int, category: int = OTHER) -> StorageRef:
-        ref = StorageRef(st, self._on_free)
+    def add(self, st: Any, shape: tuple[int, ...], dtype: torch.dtype, n: int, step: int,
+            category: int = OTHER) -> StorageRef:
+        ref = StorageRef(st, self._free_callback)
         key = ref.key = id(st)
+        ref.cdata = st._cdata
         ref.nbytes = n
         ref.category = category
         ref.step = step
         self.seq += 1
         ref.seq = self.seq
         ref.module = self.module
-        ref.shape = t.shape  # a torch.Size: a tuple already
-        dtype = t.dtype
+        ref.shape = shape
         name = _DTYPE_NAMES.get(dtype)
         if name is None:
             name = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
         ref.dtype = name
         ref.site = self._site() if n >= self.site_min_bytes else None
-        ref.scaled = category == OTHER and step != PRE_LOOP and self._scales(ref.shape)
+        ref.scaled = (category == OTHER and step != PRE_LOOP and self._batch_size is not None
+                      and self._scales(ref.shape))
         self.refs[key] = ref
         live = self.live + n
         self.live = live
@@ -234,6 +276,8 @@ class StorageTracker(TorchDispatchMode):
     def _on_free(self, ref: StorageRef) -> None:
         if self.refs.pop(ref.key, None) is not ref:
             return
+        if self._forget is not None:
+            self._forget(ref.cdata)
         n = ref.nbytes
         if self.rising:
             self.rising = False
@@ -327,7 +371,7 @@ class StorageTracker(TorchDispatchMode):
             return None
         limit, self.limit = self.limit, None  # a census never raises an out-of-memory
         try:
-            return self.add(st, t, n, self.step if step is None else step, category)
+            return self.add(st, t.shape, t.dtype, n, self.step if step is None else step, category)
         finally:
             self.limit = limit
 
@@ -386,3 +430,4 @@ class StorageTracker(TorchDispatchMode):
 
 # Storages die anywhere, compiled code included: never let dynamo trace the bookkeeping.
 _skip_dynamo(StorageTracker._on_free.__code__)
+_skip_dynamo(StorageTracker.seen.__code__)

@@ -16,6 +16,7 @@ class LingeringCandidate:
     key: int
     nbytes: int
     created_step: int
+    seq: int = 0  # the tracker's number for the storage: ``key`` (an id) is reused once it dies
     path: str | None = None  # the variable referring to it at the peak
     file: str | None = None
     function: str | None = None
