@@ -7,6 +7,9 @@ written whatever happens: a normal end, an exception, an out-of-memory, ``sys.ex
 
 from __future__ import annotations
 
+import builtins
+import importlib.machinery
+import io
 import os
 import runpy
 import signal
@@ -14,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
 from memprof.errors import MemprofError
@@ -101,6 +104,28 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
+def _run_path(path: str) -> None:
+    """Run a script as ``python path`` does: ``__file__`` and its code's file name absolute (so
+    warnings and tracebacks name the same file), ``sys.argv[0]`` as typed, a fresh ``__main__``.
+    A directory or a zip file (``__main__.py`` inside) goes to runpy."""
+    if not os.path.isfile(path) or path.endswith((".zip", ".pyz")):
+        runpy.run_path(path, run_name="__main__")
+        return
+    fname = os.path.abspath(path)
+    with io.open_code(fname) as fh:
+        code = compile(fh.read(), fname, "exec")
+    main = ModuleType("__main__")
+    main.__dict__.update(__file__=fname, __cached__=None, __builtins__=builtins, __package__=None, __spec__=None,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", fname))
+    old = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if old is not None:
+            sys.modules["__main__"] = old
+
+
 def run_target(target: Target, args: list[str], session_factory: Callable[[], Any],
                finish: Callable[[Report], None]) -> int:
     """Run ``target`` with ``args`` under a fresh session; call ``finish(report)``; return the exit status."""
@@ -118,7 +143,7 @@ def run_target(target: Target, args: list[str], session_factory: Callable[[], An
     try:
         session.start()
         if target.path is not None:
-            runpy.run_path(target.path, run_name="__main__")
+            _run_path(target.path)
         else:
             runpy.run_module(target.module or "", run_name="__main__", alter_sys=True)
     except SystemExit as e:

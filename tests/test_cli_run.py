@@ -35,6 +35,23 @@ def test_stdout_is_byte_identical_and_argv_with_spaces_arrives_intact(tmp_path: 
     assert report["modules"] and report["modules"][0]["name"] == "model"
 
 
+def test_a_script_given_by_a_relative_path_sees_what_python_shows_it(tmp_path: Path) -> None:
+    """``__file__`` absolute, ``sys.argv[0]`` as typed, python's loader; warnings name the same file."""
+    (tmp_path / "where.py").write_text(
+        "import sys, warnings\n"
+        "print(__file__, sys.argv[0], __package__, __spec__, type(__loader__).__name__)\n"
+        "print(sys.modules['__main__'].__file__ == __file__)\n"
+        "warnings.warn('careful')\n"
+    )
+    plain = run_python("where.py", cwd=tmp_path)
+    prof = run_memprof("run", "-q", "where.py", cwd=tmp_path)
+    assert prof.returncode == plain.returncode == 0, prof.stderr.decode()
+    assert prof.stdout == plain.stdout
+    assert prof.stdout.startswith(str(tmp_path / "where.py").encode() + b" where.py None None SourceFileLoader")
+    warning = plain.stderr.splitlines()[0]
+    assert warning.startswith(str(tmp_path / "where.py").encode()) and warning in prof.stderr.splitlines()
+
+
 @pytest.mark.parametrize("code", [0, 3, 255])
 def test_sys_exit_code_passes_through(tmp_path: Path, code: int) -> None:
     out = tmp_path / "r.json"
