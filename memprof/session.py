@@ -35,7 +35,7 @@ from memprof.collect import ophook
 from memprof.collect.census import census, live_objects, live_tensors, names_of_storages
 from memprof.collect.cuda import CudaBackend, CudaCollector
 from memprof.collect.graphs import ForwardRecord, ForwardTracker
-from memprof.collect.modules import ModuleCollector, RootCall, batch_size_of
+from memprof.collect.modules import ModuleCollector, RootCall, batch_size_of, call_site
 from memprof.collect.sites import main_thread_frame, user_frame
 from memprof.collect.storage import (
     ACTIVATIONS,
@@ -126,6 +126,7 @@ class Session:
         self._step_since_root = True
         # Each model called since the last optimizer step -> (backwards seen at its call, call site).
         self._called_since_step: dict[int, tuple[int, tuple[int, int] | None]] = {}
+        self._last_call_grad = True  # whether the last model call ran with autograd on
         self._backwards = 0
         self._root_calls = 0
         self._opt_in_iteration = False  # an optimizer (any) stepped in the open iteration
@@ -420,9 +421,20 @@ class Session:
             key = id(module)
             called = self._called_since_step
             prev = called.get(key)
+            grad = torch.is_grad_enabled()
+            if (prev is not None and grad and not self._last_call_grad and self.phase == "eval"
+                    and prev[0] == self._backwards):
+                # In an evaluation loop (no_grad), the same model called with autograd on: training
+                # again. The evaluation's last iteration ends here, not with the next training step.
+                # (A no_grad call inside a training step, as for pseudo-labels, is not in this phase.)
+                self._end_iteration("eval", sys._getframe(1))
+                self._called_since_step = called = {}
+                prev = None
+            self._last_call_grad = grad
             if prev is None and not self.detail and self._in_loop:
-                # Watch mode, the model's first call since an optimizer step: the common case, kept cheap.
-                called[key] = (self._backwards, None)
+                # Watch mode, the model's first call since an optimizer step: the common case, kept
+                # cheap; its call site still marks where an evaluation loop's next iteration begins.
+                called[key] = (self._backwards, call_site(user_frame(sys._getframe(1))))
                 self._step_since_root = False
                 if self._iter_batch is None:
                     self._iter_batch = batch_size_of(args, kwargs)

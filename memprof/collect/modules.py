@@ -19,6 +19,7 @@ import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -161,6 +162,12 @@ def call_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     )
 
 
+def call_site(frame: FrameType | None) -> tuple[int, int]:
+    """Where a model is called from, to the bytecode instruction: the same line in a loop is the
+    same site, two calls on one line are two."""
+    return (id(frame.f_code), frame.f_lasti) if frame is not None else (0, 0)
+
+
 class ModuleCollector:
     def __init__(
         self,
@@ -277,7 +284,6 @@ class ModuleCollector:
         """The details of a root call the session follows: who called it, with what batch."""
         frame = user_frame(sys._getframe(1))
         site = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
-        call_site = (id(frame.f_code), frame.f_lasti) if frame is not None else (0, 0)
         try:
             described = call_inputs(module, args, kwargs or {})
             self.last_inputs[(id(module), described.grad_enabled)] = described
@@ -286,7 +292,7 @@ class ModuleCollector:
         except Exception:
             pass
         return RootCall(
-            call_site=call_site,
+            call_site=call_site(frame),
             module=module,
             name=self.names.get(id(module), type(module).__name__),
             batch_size=batch_size_of(args, kwargs),
