@@ -19,6 +19,7 @@ Known limitations:
 
 from __future__ import annotations
 
+import math
 import sys
 import weakref
 from collections.abc import Callable
@@ -307,12 +308,9 @@ class StorageTracker(TorchDispatchMode):
             return False
         if not ((shape[0] >= b and shape[0] % b == 0) or b in shape):
             return False
-        numel = 1
-        for d in shape:
-            numel *= d
         # A parameter's size (a gradient, optimizer state, a foreach temporary, a transposed weight
         # gradient) does not scale; the same numel in another shape (an activation) still may.
-        return numel not in self.fixed_numels or tuple(sorted(shape)) not in self.fixed_shapes
+        return math.prod(shape) not in self.fixed_numels or tuple(sorted(shape)) not in self.fixed_shapes
 
     @property
     def batch_size(self) -> int | None:
