@@ -269,6 +269,19 @@ def _is_user_object(value: Any) -> bool:
     return isinstance(fn, str) and is_user_file(fn)
 
 
+def _user_locals(start: types.FrameType | None, max_frames: int) -> Iterator[tuple[types.FrameType, str, Any]]:
+    """(frame, name, value) for each variable of the user's frames at and above ``start``; each
+    frame's locals snapshot is released once read (:func:`release_locals_snapshot`)."""
+    for frame in user_frames(start, limit=max_frames):
+        try:
+            local_items = list(frame.f_locals.items())
+        except Exception:
+            continue
+        release_locals_snapshot(frame)
+        for name, value in local_items:
+            yield frame, name, value
+
+
 def census(
     start: types.FrameType | None, max_frames: int = 16, forward_keys: set[int] | frozenset[int] = frozenset(),
     step: int = 0,
@@ -277,24 +290,18 @@ def census(
     walker = GraphWalker(forward_keys=forward_keys)
     out: list[VarObservation] = []
     seen_values: set[int] = set()
-    for frame in user_frames(start, limit=max_frames):
-        try:
-            local_items = list(frame.f_locals.items())
-        except Exception:
+    for frame, name, value in _user_locals(start, max_frames):
+        if name.startswith("__") or isinstance(value, _SKIP_TYPES):
             continue
-        release_locals_snapshot(frame)
-        for name, value in local_items:
-            if name.startswith("__") or isinstance(value, _SKIP_TYPES):
+        if isinstance(value, torch.Tensor) or isinstance(value, _CONTAINERS):
+            if id(value) in seen_values:
                 continue
-            if isinstance(value, torch.Tensor) or isinstance(value, _CONTAINERS):
-                if id(value) in seen_values:
-                    continue
-                seen_values.add(id(value))
-                obs = _observe(name, value, frame, walker, step)
-                if obs is not None:
-                    out.append(obs)
-            elif hasattr(value, "__dict__") and _is_user_object(value):
-                _observe_attributes(name, value, frame, walker, step, seen_values, out, depth=2)
+            seen_values.add(id(value))
+            obs = _observe(name, value, frame, walker, step)
+            if obs is not None:
+                out.append(obs)
+        elif hasattr(value, "__dict__") and _is_user_object(value):
+            _observe_attributes(name, value, frame, walker, step, seen_values, out, depth=2)
     return out
 
 
@@ -351,21 +358,15 @@ def release_locals_snapshot(frame: types.FrameType) -> None:
 def names_of_storages(start: types.FrameType | None, keys: set[int], max_frames: int = 16) -> dict[int, tuple[str, types.FrameType]]:
     """Which user variable refers to each storage in ``keys`` (the innermost frame wins)."""
     found: dict[int, tuple[str, types.FrameType]] = {}
-    for frame in user_frames(start, limit=max_frames):
-        try:
-            local_items = list(frame.f_locals.items())
-        except Exception:
-            continue
-        release_locals_snapshot(frame)
-        for name, value in local_items:
-            candidates: list[tuple[str, Any]] = [(name, value)]
-            if name == "self" and hasattr(value, "__dict__"):
-                candidates.extend((f"self.{a}", v) for a, v in vars(value).items() if not a.startswith("_"))
-            for path, v in candidates:
-                if isinstance(v, torch.Tensor):
-                    sk = _storage_key(v)
-                    if sk is not None and sk[0] in keys and sk[0] not in found:
-                        found[sk[0]] = (path, frame)
+    for frame, name, value in _user_locals(start, max_frames):
+        candidates: list[tuple[str, Any]] = [(name, value)]
+        if name == "self" and hasattr(value, "__dict__"):
+            candidates.extend((f"self.{a}", v) for a, v in vars(value).items() if not a.startswith("_"))
+        for path, v in candidates:
+            if isinstance(v, torch.Tensor):
+                sk = _storage_key(v)
+                if sk is not None and sk[0] in keys and sk[0] not in found:
+                    found[sk[0]] = (path, frame)
     return found
 
 
@@ -404,15 +405,9 @@ def reachable_tensors(start: types.FrameType | None, max_frames: int = 16) -> li
     a training loop keeps its memory; a heap scan finds the rest, slowly."""
     out: list[torch.Tensor] = []
     seen: set[int] = set()
-    for frame in user_frames(start, limit=max_frames):
-        try:
-            local_items = list(frame.f_locals.items())
-        except Exception:
-            continue
-        release_locals_snapshot(frame)
-        for name, value in local_items:
-            if not name.startswith("__"):
-                _reach(value, seen, out, 2)
+    for _frame, name, value in _user_locals(start, max_frames):
+        if not name.startswith("__"):
+            _reach(value, seen, out, 2)
     out.extend(_saved_by_graphs([t.grad_fn for t in out if t.grad_fn is not None]))
     return out
 
