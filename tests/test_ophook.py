@@ -154,3 +154,41 @@ def test_whole_runs_agree_with_and_without_the_op_hook(hook: ModuleType, shared:
         ))
     assert results[0] == results[1]
     assert results[0][3], "each of these cases has findings"
+
+
+class _Stop(BaseException):
+    pass
+
+
+@needs_compiler
+@pytest.mark.parametrize("raised, expected", [(KeyboardInterrupt, KeyboardInterrupt), (_Stop, _Stop)])
+def test_a_signal_handlers_exception_inside_the_hook_reaches_the_user(hook: ModuleType, raised: type,
+                                                                       expected: type) -> None:
+    """Ctrl+C (or memprof's SIGTERM unwinding) landing while the hook runs Python: the op can't
+    raise it, so the signal is raised again and Python acts on it right after, in the user's code."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop()
+
+    def seen(*args: object) -> bool:
+        raise raised()
+
+    old = signal.signal(signal.SIGTERM, stop)
+    hook.install(seen)
+    try:
+        with pytest.raises(expected):
+            torch.ones(3).neg()
+            for _ in range(100_000):  # Python acts on a pending signal at its next check
+                pass
+    finally:
+        hook.uninstall()
+        signal.signal(signal.SIGTERM, old)
+    errors = hook.error_count()
+    x = torch.ones(3)
+    hook.install(lambda *a: (_ for _ in ()).throw(ValueError("a bug")))  # an ordinary error: counted
+    try:
+        x.neg()  # one new storage, one call
+    finally:
+        hook.uninstall()
+    assert hook.error_count() == errors + 1

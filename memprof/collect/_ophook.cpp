@@ -16,6 +16,7 @@
 #include <torch/csrc/DynamicTypes.h>
 #include <torch/csrc/Storage.h>
 
+#include <csignal>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -58,6 +59,27 @@ bool is_opaque(const at::RecordFunction& fn) {
   return opaque;
 }
 
+// An exception from the Python side can't go through the op (its end runs in a destructor). A
+// signal handler's (Ctrl+C's KeyboardInterrupt, memprof's SIGTERM unwinding) must not be lost: the
+// signal is raised again, and Python acts on it at its next chance, in the user's code. Anything
+// else is counted (error_count) and dropped.
+void redeliver_or_count() {
+  if (PyErr_Occurred() == nullptr) {  // a C++ error on the way (the tensor's sizes)
+    ++errors;
+  } else if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    PyErr_Clear();
+    PyErr_SetInterrupt();
+  } else if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+    PyErr_Clear();
+#if PY_VERSION_HEX >= 0x030A0000
+    PyErr_SetInterruptEx(SIGTERM);
+#endif
+  } else {
+    ++errors;
+    PyErr_Clear();
+  }
+}
+
 void report(const at::Tensor& t) {
   if (!t.defined() || !t.has_storage()) return;
   const c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
@@ -94,8 +116,7 @@ void report(const at::Tensor& t) {
       keep = (r == Py_True);
       Py_DECREF(r);
     } else {
-      ++errors;  // never raise into the op: the tracker counts what it can
-      PyErr_Clear();
+      redeliver_or_count();
     }
   }
   if (keep) {
