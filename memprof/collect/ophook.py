@@ -58,9 +58,8 @@ def build_dir() -> Path:
 
 
 def _library(folder: Path) -> Path | None:
-    for p in sorted(folder.glob(f"{NAME}*.so")) if folder.is_dir() else []:
-        return p
-    return None
+    found = sorted(folder.glob(f"{NAME}*.so")) if folder.is_dir() else []
+    return found[0] if found else None
 
 
 def _import(path: Path) -> ModuleType:
