@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from memprof.live.channel import ENV_DIR, ENV_SOCKET
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -39,6 +43,20 @@ def _private_live_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     """Sessions started by tests publish into a private folder, not the user's `memprof monitor`."""
     if "MEMPROF_LIVE_DIR" not in os.environ:
         monkeypatch.setenv("MEMPROF_LIVE_DIR", str(tmp_path_factory.mktemp("live")))
+
+
+@pytest.fixture
+def live_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private live-channel folder (not created), removed afterwards. Short, under /tmp:
+    AF_UNIX socket paths are limited to about 107 bytes."""
+    folder = Path(f"/tmp/mpt-{os.getpid()}-{time.monotonic_ns() % 10**9}")
+    monkeypatch.setenv(ENV_DIR, str(folder))
+    monkeypatch.delenv(ENV_SOCKET, raising=False)
+    yield folder
+    for p in folder.glob("*") if folder.exists() else []:
+        p.unlink()
+    if folder.exists():
+        folder.rmdir()
 
 
 @pytest.fixture(scope="session")

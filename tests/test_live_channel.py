@@ -29,19 +29,6 @@ from memprof.live.state import LiveSample, LiveState
 
 
 @pytest.fixture
-def live_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # Short: AF_UNIX paths are limited to ~107 bytes.
-    folder = Path(f"/tmp/mpt-{os.getpid()}-{time.monotonic_ns() % 10**9}")
-    monkeypatch.setenv(ENV_DIR, str(folder))
-    monkeypatch.delenv(ENV_SOCKET, raising=False)
-    yield folder
-    for p in folder.glob("*") if folder.exists() else []:
-        p.unlink()
-    if folder.exists():
-        folder.rmdir()
-
-
-@pytest.fixture
 def publisher(live_home: Path) -> Iterator[LivePublisher]:
     pub = LivePublisher.start({"script": "train.py", "argv": ["--epochs", "3"]})
     yield pub

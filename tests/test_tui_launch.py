@@ -7,13 +7,11 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from memprof.live.channel import ENV_DIR, ENV_SOCKET
 from memprof.live.state import LiveState
 from memprof.tui.feed import FeedEvent, FileLog, SocketFeed
 from memprof.tui.launch import run_with_tui
@@ -41,17 +39,6 @@ CHILD = textwrap.dedent("""
     sys.exit(3)
 """)
 
-
-@pytest.fixture
-def live_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    folder = Path(f"/tmp/mpl-{os.getpid()}-{time.monotonic_ns() % 10**9}")
-    monkeypatch.setenv(ENV_DIR, str(folder))
-    monkeypatch.delenv(ENV_SOCKET, raising=False)
-    yield folder
-    for p in folder.glob("*") if folder.exists() else []:
-        p.unlink()
-    if folder.exists():
-        folder.rmdir()
 
 
 def child_argv(steps: int) -> list[str]:

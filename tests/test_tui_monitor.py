@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from textual.widgets import DataTable, Static
 
 from memprof.cli.main import main
 from memprof.hw.gpu import FakeGpuBackend, NoGpuBackend
-from memprof.live.channel import ENV_DIR, ENV_SOCKET, LivePublisher, LiveRun
+from memprof.live.channel import LivePublisher, LiveRun
 from memprof.tui.feed import QueueFeed, RunFeed
 from memprof.tui.format import plain_report
 from memprof.tui.monitor_app import MonitorApp
@@ -139,17 +138,6 @@ def test_plain_report() -> None:
     assert empty.splitlines()[0] == "No GPU: no driver"
     assert "memprof runs: none (looked in /tmp/x)" in empty
 
-
-@pytest.fixture
-def live_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    folder = Path(f"/tmp/mpm-{os.getpid()}-{time.monotonic_ns() % 10**9}")
-    monkeypatch.setenv(ENV_DIR, str(folder))
-    monkeypatch.delenv(ENV_SOCKET, raising=False)
-    yield folder
-    for p in folder.glob("*") if folder.exists() else []:
-        p.unlink()
-    if folder.exists():
-        folder.rmdir()
 
 
 def test_monitor_once_lists_a_live_run_without_gpu(live_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
