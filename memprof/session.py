@@ -70,6 +70,7 @@ from memprof.report.model import (
 # much means live memory beyond anything detail measured, so detail comes back.
 WATCH_MARGIN_BYTES = 256 * 1024
 LINGER_MIN_SHARE = 0.04  # old storages below this share of live memory are not worth naming
+_CATEGORY_VALUES = tuple(c.value for c in CATEGORIES)
 FULL_DETAIL_PERIOD = 16  # --detail full: the census and other slow looks every this many iterations
 
 
@@ -145,6 +146,8 @@ class Session:
         self._prev_lingering: list[LingeringCandidate] = []
         self._oom: OomCapture | None = None
         self._last_detailed: IterationRecord | None = None
+        self._last_points: list[tuple[int, int]] = []  # the last detailed step's (live, scaled) points...
+        self._last_frontier: list[tuple[int, int]] = []  # ...and their frontier
         self._run_peak_cuda = 0
         self._autocast_used = False
         self._publisher: Any = None
@@ -321,7 +324,8 @@ class Session:
     # -- hooks -----------------------------------------------------------------------------------
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.detail:
-            self._optimizers[id(opt)] = opt
+            if self._optimizers.get(id(opt)) is not opt:  # a weak dictionary: setting it each step costs
+                self._optimizers[id(opt)] = opt
             for group in opt.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
@@ -334,7 +338,8 @@ class Session:
         if self._primary_opt is None:
             self._primary_opt = id(opt)
         if self.detail:
-            self._optimizers[id(opt)] = opt
+            if self._optimizers.get(id(opt)) is not opt:
+                self._optimizers[id(opt)] = opt
             self._categorise_optimizer(opt)
         if id(opt) != self._primary_opt:
             return
@@ -398,7 +403,7 @@ class Session:
         for group in opt.param_groups:
             for p in group["params"]:
                 tracker.set_category(p, PARAMETERS)
-                tracker.fixed_numels.add(p.numel())
+                tracker.add_fixed_numel(p.numel())
         for state in opt.state.values():
             for v in state.values():
                 if isinstance(v, torch.Tensor):
@@ -468,9 +473,8 @@ class Session:
         try:
             record = ForwardRecord(module=call.name, site=call.site, step=self.index, phase=self.phase)
             if self.detail:
-                record.saved_bytes = sum(
-                    st._step_bytes for st in self.modules.stats.values() if st.module_id == id(call.module)
-                )
+                st = self.modules.stats.get(id(call.module))
+                record.saved_bytes = st._step_bytes if st is not None else 0
             self.forwards.watch(output, record)
             self._live_after_call = self.tracker.live
         except Exception as e:
@@ -560,8 +564,11 @@ class Session:
             cuda_allocated_peak=cuda_peak, cuda_reserved=cuda_reserved,
         )
         if detailed:
-            rec.frontier = frontier_from_live(tracker.local_peaks + [(tracker.live, tracker.scaled_live)])
-            rec.breakdown_at_peak = {c.value: tracker.cat[i] for i, c in enumerate(CATEGORIES)}
+            points = tracker.local_peaks + [(tracker.live, tracker.scaled_live)]
+            if points != self._last_points:  # a steady loop repeats its points step after step
+                self._last_points, self._last_frontier = points, frontier_from_live(points)
+            rec.frontier = self._last_frontier
+            rec.breakdown_at_peak = dict(zip(_CATEGORY_VALUES, tracker.cat, strict=True))
             self.modules.end_step()
             if not self._opt_in_iteration:  # else each optimizer's hooks did it, moments ago
                 if phase == "train":

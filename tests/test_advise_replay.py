@@ -151,7 +151,7 @@ def test_tracker_tells_activations_from_parameter_sized_tensors_by_shape() -> No
     with tracker:
         tracker.begin_step(0)
         tracker.set_category(w, PARAMETERS)
-        tracker.fixed_numels.add(w.numel())
+        tracker.add_fixed_numel(w.numel())
         tracker.batch_size = 8
         grad_like = torch.zeros(64, 128)  # a transposed weight gradient: does not scale
         act = torch.zeros(8, 32, 32)  # the same numel as the weight, batch-shaped: scales

@@ -83,7 +83,7 @@ def test_the_op_hook_counts_what_the_dispatch_mode_counts(hook: ModuleType) -> N
 
 
 @needs_compiler
-def test_the_op_hook_feeds_the_tracker_and_forgets_dead_storages(hook: ModuleType) -> None:
+def test_the_op_hook_feeds_the_tracker_and_lets_dead_storages_go(hook: ModuleType) -> None:
     tr = StorageTracker(hook)
     tr.start()
     try:

@@ -87,7 +87,7 @@ def test_memory_limit_raises_out_of_memory_and_reports_the_request() -> None:
 def test_batch_scaled_storages_are_marked() -> None:
     tr = StorageTracker()
     tr.batch_size = 8
-    tr.fixed_numels.add(64 * 3)
+    tr.add_fixed_numel(64 * 3)
     tr.fixed_shapes.add((3, 64))  # a parameter of shape (64, 3), as sorted dims
     with tr:
         tr.begin_step(0)

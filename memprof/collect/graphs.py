@@ -37,6 +37,13 @@ class _Sentinel:
     __slots__ = ("__weakref__",)
 
 
+class _SentinelRef(weakref.ref):  # type: ignore[type-arg]
+    __slots__ = ("key", "record")
+
+    key: int
+    record: ForwardRecord
+
+
 class ForwardTracker:
     def __init__(self, on_dead: Callable[[ForwardRecord], None], on_backward: Callable[[ForwardRecord], None]) -> None:
         self.on_dead = on_dead
@@ -44,6 +51,7 @@ class ForwardTracker:
         self.by_node: dict[int, ForwardRecord] = {}  # id(grad_fn) -> record, while the graph lives
         self.step = 0
         self.enabled = True
+        self._sentinels: dict[int, _SentinelRef] = {}  # the weak references that wait for graphs to die
 
     def watch(self, output: Any, record: ForwardRecord) -> bool:
         """Mark the graph behind ``output``; False when it has no graph."""
@@ -56,9 +64,16 @@ class ForwardTracker:
         self.by_node[key] = record
         sentinel = _Sentinel()
         node.metadata["memprof"] = sentinel
-        weakref.finalize(sentinel, self._dead, key, record)
+        # A plain weak reference, kept until it fires (weakref.finalize's registry costs more).
+        ref = _SentinelRef(sentinel, self._on_sentinel)
+        ref.key, ref.record = key, record
+        self._sentinels[id(ref)] = ref
         node.register_prehook(self._make_prehook(record))
         return True
+
+    def _on_sentinel(self, ref: _SentinelRef) -> None:
+        if self._sentinels.pop(id(ref), None) is ref:
+            self._dead(ref.key, ref.record)
 
     def _make_prehook(self, record: ForwardRecord) -> Callable[[Any], None]:
         def prehook(grad_outputs: Any) -> None:

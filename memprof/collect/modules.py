@@ -162,6 +162,18 @@ def call_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     )
 
 
+def _signature(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What :func:`call_inputs` depends on, for a call of tensors only; None for any other call."""
+    if kwargs:
+        return None
+    sig: list[Any] = [module.training, torch.is_autocast_enabled(), torch.is_autocast_enabled("cpu")]
+    for a in args:
+        if type(a) not in _PLAIN:
+            return None
+        sig.append((a.shape, a.dtype, a.device, a.requires_grad))
+    return tuple(sig)
+
+
 def call_site(frame: FrameType | None) -> tuple[int, int]:
     """Where a model is called from, to the bytecode instruction: the same line in a loop is the
     same site, two calls on one line are two."""
@@ -190,6 +202,7 @@ class ModuleCollector:
         self._current_root: nn.Module | None = None
         self._current_call: RootCall | None = None
         self.last_inputs: dict[tuple[int, bool], CallInputs] = {}  # (id(root), grad on) -> its last call
+        self._signatures: dict[tuple[int, bool], tuple[Any, ...] | None] = {}  # ... and what it depends on
         self.detail = False
 
     # -- detail on/off ---------------------------------------------------------------------------
@@ -243,7 +256,7 @@ class ModuleCollector:
             st.parameter_bytes = sum(p.untyped_storage().nbytes() for p in sub.parameters())
         for p in module.parameters():
             self.tracker.set_category(p, PARAMETERS)
-            self.tracker.fixed_numels.add(p.numel())
+            self.tracker.add_fixed_numel(p.numel())
         for b in module.buffers():
             self.tracker.set_category(b, PARAMETERS)
         if next(module.parameters(), None) is None:
@@ -284,21 +297,38 @@ class ModuleCollector:
         """The details of a root call the session follows: who called it, with what batch."""
         frame = user_frame(sys._getframe(1))
         site = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
+        grad = torch.is_grad_enabled()
+        batch = None
         try:
-            described = call_inputs(module, args, kwargs or {})
-            self.last_inputs[(id(module), described.grad_enabled)] = described
+            described = self._describe_call(module, args, kwargs, grad)
+            batch = described.batch_size
             if not self.tracker.batch_size:  # the first batch: the tracker marks it as scaling
                 self.tracker.first_inputs = {id(t.untyped_storage()) for t in _tensors((args, kwargs))}
         except Exception:
-            pass
+            batch = batch_size_of(args, kwargs)
         return RootCall(
             call_site=call_site(frame),
             module=module,
             name=self.names.get(id(module), type(module).__name__),
-            batch_size=batch_size_of(args, kwargs),
-            grad_enabled=torch.is_grad_enabled(),
+            batch_size=batch,
+            grad_enabled=grad,
             site=site,
         )
+
+    def _describe_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+                       grad: bool) -> CallInputs:
+        """:func:`call_inputs`, kept as the module's last call. A loop calls a model with the same
+        shapes again and again: when the call is plain tensors like the last one, the last
+        description stands (a few attribute reads instead of describing every input anew)."""
+        key = (id(module), grad)
+        last = self.last_inputs.get(key)
+        signature = _signature(module, args, kwargs)
+        if last is not None and signature is not None and self._signatures.get(key) == signature:
+            return last
+        described = call_inputs(module, args, kwargs or {})
+        self.last_inputs[key] = described
+        self._signatures[key] = signature
+        return described
 
     # -- global hooks (detail only) ----------------------------------------------------------------
     def _pre(self, module: nn.Module, args: Any) -> None:
@@ -346,7 +376,7 @@ class ModuleCollector:
                         st._step_bytes += n
         except Exception:  # never break the user's forward
             pass
-        if type(t) in _PLAIN and _dispatch_depth() == 1 and _dispatch_mode_at(0) is self.tracker:
+        if self.tracker.feed == "dispatch" and type(t) in _PLAIN and _dispatch_depth() == 1 and _dispatch_mode_at(0) is self.tracker:
             # Only memprof's tracker would see this detach, and an alias needs no counting: skip
             # the trip through Python dispatch (a microsecond per saved tensor).
             with _no_dispatch():

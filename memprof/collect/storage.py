@@ -95,10 +95,9 @@ def _skip_dynamo(code: Any) -> bool:
 class StorageRef(weakref.ref):  # type: ignore[type-arg]
     """A weak reference to one storage and what we know of it."""
 
-    __slots__ = ("key", "cdata", "nbytes", "category", "step", "seq", "site", "module", "scaled", "shape", "dtype")
+    __slots__ = ("key", "nbytes", "category", "step", "seq", "site", "module", "scaled", "shape", "dtype")
 
     key: int
-    cdata: int  # the C++ storage's address, which the op hook knows it by
     nbytes: int
     category: int
     step: int
@@ -121,7 +120,7 @@ class StorageTracker(TorchDispatchMode):
     def __init__(self, hook: Any = None) -> None:
         super().__init__()
         self.hook = hook  # the loaded op hook module, or None
-        self._forget: Callable[[int], None] | None = None  # the op hook's, once it has been used
+        self._remember: Callable[[Any], None] | None = None  # the op hook's, while it feeds this tracker
         self.feed: str | None = None  # "ophook" or "dispatch" while counting
         self._free_callback = self._on_free  # one bound method for every weak reference
         self.refs: dict[int, StorageRef] = {}
@@ -143,6 +142,7 @@ class StorageTracker(TorchDispatchMode):
         self.fixed_numels: set[int] = set()  # numels of parameters: tensors of these sizes don't scale...
         self.fixed_shapes: set[tuple[int, ...]] = set()  # ...when their sorted dims are a parameter's too
         self._fixed_seen: set[tuple[int, ...]] = set()  # the shapes behind fixed_shapes, unsorted
+        self._scale_cache: dict[tuple[int, ...], bool] = {}  # shape -> _scales(shape), until what it depends on changes
         self.pre_loop_peak = 0  # the highest live bytes before the first iteration
         self.first_inputs: set[int] = set()  # storage keys of the first model call's tensor inputs
         self.scaled_live = 0
@@ -165,7 +165,7 @@ class StorageTracker(TorchDispatchMode):
             return
         if self.hook is not None and self.limit is None:
             self.hook.install(self.seen)
-            self._forget = self.hook.forget
+            self._remember = self.hook.remember
             self.feed = "ophook"
         else:
             self.__enter__()
@@ -173,6 +173,7 @@ class StorageTracker(TorchDispatchMode):
 
     def stop(self) -> None:
         feed, self.feed = self.feed, None
+        self._remember = None
         if feed == "ophook":
             self.hook.uninstall()
         elif feed == "dispatch":
@@ -237,14 +238,14 @@ class StorageTracker(TorchDispatchMode):
 
     def add(self, st: Any, shape: tuple[int, ...], dtype: torch.dtype, n: int, step: int,
             category: int = OTHER) -> StorageRef:
+        # Runs for every new storage: attribute stores and lookups only, nothing recomputed.
         ref = StorageRef(st, self._free_callback)
         key = ref.key = id(st)
-        ref.cdata = st._cdata
         ref.nbytes = n
         ref.category = category
         ref.step = step
-        self.seq += 1
-        ref.seq = self.seq
+        seq = ref.seq = self.seq + 1
+        self.seq = seq
         ref.module = self.module
         ref.shape = shape
         name = _DTYPE_NAMES.get(dtype)
@@ -252,13 +253,18 @@ class StorageTracker(TorchDispatchMode):
             name = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
         ref.dtype = name
         ref.site = self._site() if n >= self.site_min_bytes else None
-        ref.scaled = (category == OTHER and step != PRE_LOOP and self._batch_size is not None
-                      and self._scales(ref.shape))
+        if category == OTHER and step != PRE_LOOP and self._batch_size is not None:
+            scaled = self._scale_cache.get(shape)
+            if scaled is None:
+                scaled = self._scale_cache[shape] = self._scales(shape)
+        else:
+            scaled = False
+        ref.scaled = scaled
         self.refs[key] = ref
         live = self.live + n
         self.live = live
         self.cat[category] += n
-        if ref.scaled:
+        if scaled:
             self.scaled_live += n
         self.rising = True
         if self.limit is not None and live > self.limit:
@@ -267,7 +273,7 @@ class StorageTracker(TorchDispatchMode):
             self.step_peak = live
             if live > self.peak:
                 self.peak = live
-                self.peak_seq = ref.seq
+                self.peak_seq = seq
                 self.peak_step = step
                 self.peak_cat = self.cat.copy()
             if self.peak_watch is not None and live > self.peak_watch_at:
@@ -277,8 +283,6 @@ class StorageTracker(TorchDispatchMode):
     def _on_free(self, ref: StorageRef) -> None:
         if self.refs.pop(ref.key, None) is not ref:
             return
-        if self._forget is not None:
-            self._forget(ref.cdata)
         n = ref.nbytes
         if self.rising:
             self.rising = False
@@ -312,6 +316,12 @@ class StorageTracker(TorchDispatchMode):
         # gradient) does not scale; the same numel in another shape (an activation) still may.
         return math.prod(shape) not in self.fixed_numels or tuple(sorted(shape)) not in self.fixed_shapes
 
+    def add_fixed_numel(self, n: int) -> None:
+        """A parameter's number of elements: storages of that size may be its gradient or state."""
+        if n not in self.fixed_numels:
+            self.fixed_numels.add(n)
+            self._scale_cache.clear()
+
     @property
     def batch_size(self) -> int | None:
         return self._batch_size
@@ -325,6 +335,7 @@ class StorageTracker(TorchDispatchMode):
         storage made before the loop with the batch as its leading dimension is."""
         first = self._batch_size is None
         self._batch_size = b
+        self._scale_cache.clear()
         if not first or not b:
             return
         inputs = self.first_inputs
@@ -369,21 +380,26 @@ class StorageTracker(TorchDispatchMode):
             return None
         limit, self.limit = self.limit, None  # a census never raises an out-of-memory
         try:
-            return self.add(st, t.shape, t.dtype, n, self.step if step is None else step, category)
+            ref = self.add(st, t.shape, t.dtype, n, self.step if step is None else step, category)
         finally:
             self.limit = limit
+        if self._remember is not None:  # the op hook need not report it (autograd saved it before the op ended)
+            self._remember(st)
+        return ref
 
     def set_category(self, t: torch.Tensor, category: int, only_from: tuple[int, ...] | None = None) -> None:
+        ref = self.ref_of(t)
+        if ref is not None and ref.category == category:
+            return  # the common case (a parameter, each step): its shape was noted when it got the category
         if category in PERSISTENT:
             shape = t.shape
             if shape not in self._fixed_seen:  # a set of sizes as given: sorting each time is slow
                 self._fixed_seen.add(shape)
                 self.fixed_shapes.add(tuple(sorted(shape)))
-        ref = self.ref_of(t)
+                self._scale_cache.clear()
         if ref is None:
-            ref = self.ensure(t, category)
-            return
-        if ref.category != category:
+            self.ensure(t, category)
+        else:
             self.recategorise(ref, category, only_from)
 
     def recategorise(self, ref: StorageRef, category: int, only_from: tuple[int, ...] | None = None) -> None:
