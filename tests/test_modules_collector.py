@@ -63,3 +63,31 @@ def test_batch_size_of_nested_inputs() -> None:
     assert batch_size_of(({"ids": torch.zeros(4, 9)},)) == 4
     assert batch_size_of((), {"x": [torch.zeros(2)]}) == 2
     assert batch_size_of((torch.tensor(1.0),)) is None
+
+
+def test_a_model_call_is_described_again_when_what_it_depends_on_changes() -> None:
+    """The description of a call (for the advisor's replay) is reused while a loop calls the model
+    with tensors of the same shapes, and made anew for a new shape, dtype, mode or argument kind."""
+    tracker = StorageTracker()
+    collector = ModuleCollector(tracker, lambda m, a, k: collector.make_call(m, a, k), lambda c, o: None)
+    net = nn.Linear(4, 2)
+    collector._adopt_root(net, None)
+
+    def last() -> Any:
+        return collector.last_inputs[(id(net), torch.is_grad_enabled())]
+
+    net(torch.randn(8, 4))
+    first = last()
+    net(torch.randn(8, 4))
+    assert last() is first  # the same shapes: the same description
+    net(torch.randn(3, 4))
+    assert last() is not first and last().batch_size == 3 and last().args[0].shape == (3, 4)
+    net(torch.randn(3, 4, dtype=torch.float64).float())
+    assert last().batch_size == 3
+    shaped = last()
+    net.eval()
+    net(torch.randn(3, 4))
+    assert last() is not shaped and last().training is False
+    net(input=torch.randn(5, 4))  # keyword arguments are described every time
+    assert last().batch_size == 5 and last().kwargs["input"].shape == (5, 4)
+    collector.close()

@@ -104,6 +104,23 @@ def test_the_op_hook_feeds_the_tracker_and_lets_dead_storages_go(hook: ModuleTyp
 
 
 @needs_compiler
+def test_the_op_hooks_table_of_reported_storages_lets_dead_ones_go(hook: ModuleType) -> None:
+    """Thousands of short-lived storages: the table keeps weak references, swept as it grows, and
+    every one of them is still counted (an address freed and reused is news)."""
+    tr = StorageTracker(hook)
+    tr.start()
+    try:
+        keep = [torch.ones(16) for _ in range(10)]
+        for _ in range(5000):
+            torch.ones(16).add_(1)
+        assert hook.known_count() == len(keep)
+        assert tr.seq == 5010 and tr.live == 10 * 64
+    finally:
+        tr.stop()
+    assert hook.error_count() == 0
+
+
+@needs_compiler
 def test_a_memory_limit_uses_the_dispatch_mode(hook: ModuleType) -> None:
     tr = StorageTracker(hook)
     tr.limit = 1000
