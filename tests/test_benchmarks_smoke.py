@@ -45,3 +45,13 @@ def test_gpu_check_quick_runs_without_a_gpu_and_says_what_it_skipped(tmp_path: P
         assert skipped and all(r["detail"] == "skipped: no CUDA" for r in skipped)
         assert {"overhead", "peak", "cases"} <= {r["part"] for r in skipped}
         assert any(r["part"].startswith("oom (CPU rehearsal") and r["status"] == "ok" for r in data["results"])
+
+
+def test_detail_parts_writes_one_row_per_part(tmp_path: Path) -> None:
+    proc = _run(str(BENCH / "detail_parts.py"), "--rounds", "1", "--steps", "5", "--no-floor", "--out", str(tmp_path),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = next(tmp_path.glob("detail-parts-*.md")).read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and " ms |" in line]
+    assert len(rows) == 6 and all("ms |" in r.split("|")[-2] + "|" for r in rows)
+    assert "--detail full" in md and md.strip() in proc.stdout
