@@ -70,7 +70,6 @@ from memprof.report.model import (
 # much means live memory beyond anything detail measured, so detail comes back.
 WATCH_MARGIN_BYTES = 256 * 1024
 LINGER_MIN_SHARE = 0.04  # old storages below this share of live memory are not worth naming
-_CATEGORY_VALUES = tuple(c.value for c in CATEGORIES)
 FULL_DETAIL_PERIOD = 16  # --detail full: the census and other slow looks every this many iterations
 
 
@@ -568,7 +567,6 @@ class Session:
             if points != self._last_points:  # a steady loop repeats its points step after step
                 self._last_points, self._last_frontier = points, frontier_from_live(points)
             rec.frontier = self._last_frontier
-            rec.breakdown_at_peak = dict(zip(_CATEGORY_VALUES, tracker.cat, strict=True))
             self.modules.end_step()
             if not self._opt_in_iteration:  # else each optimizer's hooks did it, moments ago
                 if phase == "train":

@@ -52,3 +52,21 @@ def test_a_no_grad_call_inside_a_training_step_is_not_an_evaluation() -> None:
     report = s.report
     assert report is not None
     assert [st.phase for st in report.steps] == ["train"] * 24
+
+
+def test_a_watched_steps_record_stays_small() -> None:
+    """A run keeps one record per step (a million steps is a million records): no per-record
+    dict of attributes, no empty containers made for what only detailed steps fill."""
+    import tracemalloc
+
+    from memprof.collect.timeline import IterationRecord
+
+    tracemalloc.start()
+    try:
+        recs = [IterationRecord(index=1000 + i, phase="train", detailed=False, peak_bytes=10**6, end_bytes=10**5,
+                                batch_size=16, seconds=i * 1e-3) for i in range(10_000)]
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size / len(recs) < 250  # 168 bytes on CPython 3.11; 456 with a __dict__ and four empty containers
+    assert not hasattr(recs[0], "__dict__") and recs[0].variables == () and recs[0].frontier == ()
