@@ -323,8 +323,7 @@ class Session:
     # -- hooks -----------------------------------------------------------------------------------
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.detail:
-            if self._optimizers.get(id(opt)) is not opt:  # a weak dictionary: setting it each step costs
-                self._optimizers[id(opt)] = opt
+            self._keep_optimizer(opt)
             for group in opt.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
@@ -332,13 +331,16 @@ class Session:
             if self._sampled_step():  # each module's largest gradient bytes: a maximum, sampled
                 self.modules.record_gradients()
 
+    def _keep_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        if self._optimizers.get(id(opt)) is not opt:  # a weak dictionary: setting it at each step costs
+            self._optimizers[id(opt)] = opt
+
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._opt_in_iteration = True
         if self._primary_opt is None:
             self._primary_opt = id(opt)
         if self.detail:
-            if self._optimizers.get(id(opt)) is not opt:
-                self._optimizers[id(opt)] = opt
+            self._keep_optimizer(opt)
             self._categorise_optimizer(opt)
         if id(opt) != self._primary_opt:
             return

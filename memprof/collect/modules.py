@@ -323,7 +323,8 @@ class ModuleCollector:
         key = (id(module), grad)
         last = self.last_inputs.get(key)
         signature = _signature(module, args, kwargs)
-        if last is not None and signature is not None and self._signatures.get(key) == signature:
+        if (last is not None and signature is not None and self._signatures.get(key) == signature
+                and last.module() is module):  # not a dead model's whose id was reused
             return last
         described = call_inputs(module, args, kwargs or {})
         self.last_inputs[key] = described

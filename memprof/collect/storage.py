@@ -182,7 +182,7 @@ class StorageTracker(TorchDispatchMode):
     def seen(self, st: Any, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
         """The op hook's news: an op returned a tensor (``shape``, ``dtype``) on storage ``st`` of
         ``n`` bytes, which the hook has not reported yet (new, or made while not counting). True:
-        the hook need not report it again until :meth:`_on_free` makes it forget."""
+        the hook need not report it again while it lives (the hook lets dead storages go by itself)."""
         if id(st) not in self.refs:  # the hook reports no empty or meta storage
             self.add(st, shape, dtype, n, self.step)
         return True
