@@ -121,6 +121,26 @@ def test_the_op_hooks_table_of_reported_storages_lets_dead_ones_go(hook: ModuleT
 
 
 @needs_compiler
+def test_a_dead_storages_memory_is_freed_at_once_while_the_table_holds_its_entry(hook: ModuleType) -> None:
+    """The table's weak reference keeps only the storage's shell: its data goes when it dies."""
+    from memprof.collect.storage import heap_in_use_bytes
+
+    if heap_in_use_bytes() is None:
+        pytest.skip("no mallinfo2 in this C library")
+    tr = StorageTracker(hook)
+    tr.start()
+    try:
+        big = torch.ones(16 * 2**20)  # 64 MiB
+        before = heap_in_use_bytes() or 0
+        assert hook.known_count() >= 1
+        del big
+        after = heap_in_use_bytes() or 0
+    finally:
+        tr.stop()
+    assert before - after >= 60 * 2**20
+
+
+@needs_compiler
 def test_a_memory_limit_uses_the_dispatch_mode(hook: ModuleType) -> None:
     tr = StorageTracker(hook)
     tr.limit = 1000
