@@ -26,7 +26,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.models import WORKLOADS, Trainer  # noqa: E402
+from benchmarks.overhead import timed_block  # noqa: E402
 from memprof.collect import ophook  # noqa: E402
 from memprof.collect.storage import StorageTracker  # noqa: E402
 
@@ -156,10 +156,8 @@ def build() -> Any:
 
 
 def block(trainer: Trainer, steps: int) -> float:
-    t0 = time.process_time()
-    for _ in range(steps):
-        trainer.step()
-    return (time.process_time() - t0) / steps * 1e3
+    """CPU milliseconds per step (the verdict basis of overhead.py on the CPU)."""
+    return timed_block(trainer, steps)[1] * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:

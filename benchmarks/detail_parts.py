@@ -21,7 +21,6 @@ import datetime as dt
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.models import WORKLOADS, Trainer  # noqa: E402
+from benchmarks.overhead import timed_block  # noqa: E402
 from memprof.collect import graphs, modules, ophook, storage  # noqa: E402
 from memprof.session import Session, SessionConfig  # noqa: E402
 
@@ -104,10 +104,8 @@ def _floor_module() -> Any:
 
 
 def block(trainer: Trainer, steps: int) -> float:
-    t0 = time.process_time()
-    for _ in range(steps):
-        trainer.step()
-    return (time.process_time() - t0) / steps * 1e3
+    """CPU milliseconds per step (the verdict basis of overhead.py on the CPU)."""
+    return timed_block(trainer, steps)[1] * 1e3
 
 
 def under(trainer: Trainer, patches: list[Patch], steps: int) -> float:

@@ -23,7 +23,6 @@
 #include <iterator>
 #include <functional>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
