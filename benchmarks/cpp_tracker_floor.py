@@ -10,8 +10,9 @@ prototype does only that, to measure the cost before building it: a ``RecordFunc
 marks each new CPU storage by swapping its data deleter for one that counts the death and calls the
 original. A storage already marked is known by its deleter (no table lookup for views and in-place
 ops). No Python runs per storage. It prints the step time of plain PyTorch, of this prototype and
-of memprof's tracker as it is (``StorageTracker`` fed by memprof's op hook), and checks that the
-prototype's peak over a few steps equals the tracker's.
+of memprof's tracker as it is (``NativeTracker``, the ledger that grew from this prototype, or
+``StorageTracker`` without a compiler), and checks that the prototype's peak over a few steps
+equals the tracker's.
 
 Known limitations (why it is a prototype and not the tracker): it counts only storages of the
 default CPU allocator (others keep their deleter: CUDA's caching allocator recognises its own, e.g.
@@ -39,6 +40,7 @@ import torch  # noqa: E402
 from benchmarks.models import WORKLOADS, Trainer  # noqa: E402
 from benchmarks.overhead import timed_block  # noqa: E402
 from memprof.collect import ophook  # noqa: E402
+from memprof.collect.native import NativeTracker  # noqa: E402
 from memprof.collect.storage import StorageTracker  # noqa: E402
 
 _SOURCE = r"""
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.step()
     proto.uninstall()
     live, proto_peak, births, deaths, unmarked = proto.counts()
-    tracker = StorageTracker(hook)
+    tracker: StorageTracker | NativeTracker = NativeTracker(hook) if hook is not None else StorageTracker()
     tracker.start()
     for _ in range(3):
         trainer.step()
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             times["prototype"].append(block(trainer, a.steps))
         finally:
             proto.uninstall()
-        tr = StorageTracker(hook)
+        tr = NativeTracker(hook) if hook is not None else StorageTracker()
         tr.start()
         try:
             times["tracker"].append(block(trainer, a.steps))
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny MLP, {a.rounds} rounds of {a.steps} steps, CPU time per step (median), torch {torch.__version__}")
     print(f"  plain PyTorch                       {plain:.3f} ms")
     print(f"  births and deaths in C++ (prototype) {med['prototype']:.3f} ms  (+{med['prototype'] - plain:.3f} ms)")
-    print(f"  memprof's tracker, feed {tracker.feed or ('ophook' if hook else 'dispatch')!s:9s}   "
+    print(f"  memprof's tracker, {type(tracker).__name__:14s}   "
           f"{med['tracker']:.3f} ms  (+{med['tracker'] - plain:.3f} ms)")
     print(f"  peak over 3 steps: prototype {proto_peak} bytes ({births} births, {deaths} deaths, {unmarked} unmarked), "
           f"tracker {tracker.peak} bytes: {'equal' if proto_peak == tracker.peak else 'DIFFERENT'}")

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from benchmarks.models import WORKLOADS, Trainer  # noqa: E402
 from benchmarks.overhead import timed_block  # noqa: E402
-from memprof.collect import graphs, modules, ophook, storage  # noqa: E402
+from memprof.collect import graphs, modules, native, ophook  # noqa: E402
 from memprof.session import Session, SessionConfig  # noqa: E402
 
 Patch = tuple[Any, str, Callable[..., Any]]
@@ -44,8 +44,8 @@ def _noop(self: Any, *args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _seen_nothing(self: Any, st: Any, n: int, shape: Any, dtype: Any) -> bool:
-    return False  # the hook still crosses into Python for every new storage; nothing is counted
+def _no_site(self: Any) -> int:
+    return -1  # the op hook still calls Python for each large storage; no frame is walked
 
 
 def _pack_plain(self: Any, t: torch.Tensor) -> torch.Tensor:
@@ -62,8 +62,8 @@ def _no_watch(self: Any, output: Any, record: Any) -> bool:
 
 VARIANTS: dict[str, tuple[str, list[Patch]]] = {
     "full": ("--detail full, as is", []),
-    "births": ("new storages not counted (the op hook still calls Python for each)",
-               [(storage.StorageTracker, "seen", _seen_nothing)]),
+    "sites": ("no user line for large storages (the op hook still calls Python for each)",
+              [(native.NativeTracker, "_site_of_op", _no_site)]),
     "pack": ("saved tensors not categorised nor charged to modules (the hook stays, as a plain detach)",
              [(modules.ModuleCollector, "_pack", _pack_plain)]),
     "census": ("no census of the user's variables", [(Session, "_diagnosis_due", _never)]),

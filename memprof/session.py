@@ -36,6 +36,7 @@ from memprof.collect.census import census, live_objects, live_tensors, names_of_
 from memprof.collect.cuda import CudaBackend, CudaCollector
 from memprof.collect.graphs import ForwardRecord, ForwardTracker
 from memprof.collect.modules import ModuleCollector, RootCall, batch_size_of, call_site
+from memprof.collect.native import NativeTracker, StorageInfo
 from memprof.collect.sites import main_thread_frame, user_frame
 from memprof.collect.storage import (
     ACTIVATIONS,
@@ -44,6 +45,7 @@ from memprof.collect.storage import (
     OTHER,
     PARAMETERS,
     PRE_LOOP,
+    StorageRef,
     StorageTracker,
 )
 from memprof.collect.timeline import (
@@ -102,7 +104,7 @@ def _rss_bytes() -> int:
 class Session:
     def __init__(self, config: SessionConfig | None = None, cuda_backend: CudaBackend | None = None) -> None:
         self.config = config or SessionConfig()
-        self.tracker = StorageTracker()
+        self.tracker: StorageTracker | NativeTracker = StorageTracker()  # NativeTracker from start(), where built
         self.modules = ModuleCollector(self.tracker, self._on_root_call, self._on_root_output)
         self.forwards = ForwardTracker(self._on_forward_dead, self._on_forward_backward)
         self.cuda = CudaCollector(backend=cuda_backend) if cuda_backend is not None else CudaCollector()
@@ -176,17 +178,33 @@ class Session:
             self._warn(f"CUDA collector disabled: {e}")
         self._handles.append(register_optimizer_step_pre_hook(self._guard(self._on_opt_pre)))
         self._handles.append(register_optimizer_step_post_hook(self._guard(self._on_opt_post)))
+        self._choose_tracker()
         self.tracker.peak_watch = self._on_peak_watch
         self.tracker.on_over_limit = lambda n: self.capture_oom(n, "memory-limit")
         self.cuda.on_oom = lambda ev: self.capture_oom(ev.requested_bytes, "cuda")
-        self.tracker.hook = ophook.load(build=cfg.detail == "full", log=_stderr_line)
-        if self.tracker.hook is None and cfg.detail == "full" and ophook.failure():
-            self._warn(f"C++ op hook unavailable, detail runs in Python (slower): {ophook.failure()}")
         self._adopt_existing()
         self._set_detail(True)
         if cfg.publish:
             self._start_publisher()
         return self
+
+    def _choose_tracker(self) -> None:
+        """The C++ ledger where the op hook is built (``--detail full`` builds it), else Python's.
+        ``--memory-limit`` on CPU raises inside ops: only the Python tracker, a dispatch mode, can."""
+        if self.tracker.limit is not None:
+            return
+        hook = ophook.load(build=self.config.detail == "full", log=_stderr_line)
+        if hook is None:
+            if self.config.detail == "full" and ophook.failure():
+                self._warn(f"C++ op hook unavailable, detail runs in Python (slower): {ophook.failure()}")
+            return
+        try:
+            self.tracker = NativeTracker(hook)
+        except Exception as e:  # an op hook built from an older source: Python's tracker does the job
+            self._warn(f"C++ op hook unusable, detail runs in Python (slower): {e!r}")
+            return
+        self.modules.tracker = self.tracker
+        self.doctor.tracker_refs = self.tracker.live_refs
 
     def _adopt_existing(self) -> None:
         """Count what exists before the session (``track()`` inside a program) as pre-loop memory."""
@@ -499,14 +517,14 @@ class Session:
             self._lingering = {}
             tracker.peak_watch_at = sys.maxsize
             return
-        big = {k: r for k, r in tracker.old_transient.items() if r.nbytes >= 0.01 * live}
+        big = tracker.old_transient_items(-(-live // 100))  # at least 1% of live bytes
         if not big:
             tracker.peak_watch_at = sys.maxsize
             return
-        names = names_of_storages(main_thread_frame(), set(big))
+        names = names_of_storages(main_thread_frame(), {k for k, _, _, _ in big})
         found: dict[int, LingeringCandidate] = {}
-        for k, r in big.items():
-            c = LingeringCandidate(key=k, nbytes=r.nbytes, created_step=r.step, seq=r.seq)
+        for k, nbytes, step, seq in big:
+            c = LingeringCandidate(key=k, nbytes=nbytes, created_step=step, seq=seq)
             if k in names:
                 path, frame = names[k]
                 code = frame.f_code
@@ -514,7 +532,7 @@ class Session:
                 c.first_line, c.line = code.co_firstlineno, frame.f_lineno
             found[k] = c
         self._lingering = found
-        tracker.linger_free = {k: -1 for k in found}
+        tracker.set_linger(list(found))
 
     # -- iterations ------------------------------------------------------------------------------
     def _begin_iteration(self, index: int) -> None:
@@ -623,9 +641,8 @@ class Session:
         """
         tracker = self.tracker
 
-        def alive(c: LingeringCandidate) -> bool:  # its own storage, not a newer one under the same id
-            ref = tracker.refs.get(c.key)
-            return ref is not None and ref.seq == c.seq
+        def alive(c: LingeringCandidate) -> bool:  # its own storage, not a newer one under the same key
+            return tracker.seq_of(c.key) == c.seq
 
         confirmed = []
         for c in self._prev_lingering:
@@ -637,7 +654,7 @@ class Session:
         peak = tracker.step_peak
         for c in self._lingering.values():
             c.peak = peak
-            idx = tracker.linger_free.get(c.key, -1)
+            idx = tracker.linger_index(c.key)
             if idx >= 0:
                 after = max([lp[0] for lp in tracker.local_peaks[idx:]] + [tracker.live])
                 c.freed_before_end = True
@@ -646,7 +663,7 @@ class Session:
             elif alive(c):
                 deferred.append(c)
         self._prev_lingering = deferred
-        tracker.linger_free = {}
+        tracker.set_linger([])
         return confirmed
 
     def _schedule(self, phase: str) -> None:
@@ -714,8 +731,8 @@ class Session:
             return
         tracker = self.tracker
         live, cat = tracker.live, list(tracker.cat)
-        refs = tracker.live_refs()
-        failed = None
+        refs: list[StorageRef | StorageInfo] = list(tracker.live_refs())
+        failed: StorageRef | StorageInfo | None = None
         if source == "memory-limit" and requested:  # the tracker counted the request that failed: not held
             failed = next((r for r in reversed(refs) if r.seq == tracker.seq), None)
             if failed is not None:

@@ -164,7 +164,7 @@ def test_first_batch_scales_but_a_data_set_of_the_same_size_does_not() -> None:
     with tracker:
         data = torch.randn(16, 4)  # a data set made before the loop
         x = data * 2  # the first batch: all of it
-        tracker.first_inputs = {id(x.untyped_storage())}
+        tracker.first_inputs = {x.untyped_storage()._cdata}
         tracker.batch_size = 16
     assert tracker.scaled_live == x.untyped_storage().nbytes()
     tracker2 = StorageTracker()

@@ -57,7 +57,7 @@ def test_self_attributes_of_user_objects() -> None:
 def test_names_of_storages_finds_the_variable() -> None:
     logits = torch.ones(100)
     other = torch.ones(5)
-    key = id(logits.untyped_storage())
+    key = logits.untyped_storage()._cdata
     names = names_of_storages(sys._getframe(), {key})
     assert names[key][0] == "logits"
     del other

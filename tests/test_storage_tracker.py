@@ -1,8 +1,10 @@
-"""The storage tracker: live bytes under views, in-place ops and frees; categories; the limit."""
+"""The storage trackers, Python's and the op hook's C++ ledger (each test runs on both): live bytes
+under views, in-place ops and frees; categories; batch scaling; the limit (Python's only)."""
 
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import pytest
 import torch
@@ -10,8 +12,8 @@ import torch
 from memprof.collect.storage import ACTIVATIONS, GRADIENTS, OTHER, PARAMETERS, StorageTracker
 
 
-def test_counts_new_storages_once_views_and_inplace_are_free() -> None:
-    tr = StorageTracker()
+def test_counts_new_storages_once_views_and_inplace_are_free(make_tracker: Any) -> None:
+    tr = make_tracker()
     with tr:
         a = torch.zeros(1000)  # 4000 bytes
         before = tr.live
@@ -31,8 +33,8 @@ def test_counts_new_storages_once_views_and_inplace_are_free() -> None:
     assert tr.live == 0
 
 
-def test_peak_and_step_peak() -> None:
-    tr = StorageTracker()
+def test_peak_and_step_peak(make_tracker: Any) -> None:
+    tr = make_tracker()
     with tr:
         tr.begin_step(0)
         x = torch.ones(256)  # 1 KiB
@@ -46,8 +48,8 @@ def test_peak_and_step_peak() -> None:
     del x, z
 
 
-def test_category_change_moves_bytes_and_fixes_the_peak_breakdown() -> None:
-    tr = StorageTracker()
+def test_category_change_moves_bytes_and_fixes_the_peak_breakdown(make_tracker: Any) -> None:
+    tr = make_tracker()
     with tr:
         w = torch.ones(100)
         t = torch.ones(50)
@@ -62,9 +64,9 @@ def test_category_change_moves_bytes_and_fixes_the_peak_breakdown() -> None:
     assert tr.cat[GRADIENTS] == 200
 
 
-def test_ensure_adopts_tensors_made_before() -> None:
+def test_ensure_adopts_tensors_made_before(make_tracker: Any) -> None:
     early = torch.ones(10)
-    tr = StorageTracker()
+    tr = make_tracker()
     assert tr.ensure(early, step=-1) is not None
     assert tr.live == 40
     assert tr.ensure(early) is not None and tr.live == 40  # once only
@@ -84,11 +86,12 @@ def test_memory_limit_raises_out_of_memory_and_reports_the_request() -> None:
     del keep
 
 
-def test_batch_scaled_storages_are_marked() -> None:
-    tr = StorageTracker()
+def test_batch_scaled_storages_are_marked(make_tracker: Any) -> None:
+    tr = make_tracker()
     tr.batch_size = 8
-    tr.add_fixed_numel(64 * 3)
-    tr.fixed_shapes.add((3, 64))  # a parameter of shape (64, 3), as sorted dims
+    w = torch.ones(3, 64)
+    tr.set_category(w, PARAMETERS)  # its shape, as sorted dims, is a parameter's
+    tr.add_fixed_numel(w.numel())
     with tr:
         tr.begin_step(0)
         act = torch.ones(8, 64)  # leading dim is the batch
@@ -98,4 +101,65 @@ def test_batch_scaled_storages_are_marked() -> None:
     refs = {r.shape: r for r in tr.live_refs()}
     assert refs[(8, 64)].scaled and refs[(128, 4)].scaled
     assert not refs[(64, 3)].scaled and not refs[(5, 5)].scaled
+    assert not refs[(3, 64)].scaled and refs[(3, 64)].category == PARAMETERS
     del act, flat, weight_like, other
+
+
+def test_old_transient_storages_and_where_a_lingering_candidate_dies(make_tracker: Any) -> None:
+    tr = make_tracker()
+    with tr:
+        tr.begin_step(0)
+        old = torch.ones(2000)  # 8000 bytes, made in step 0
+        small = torch.ones(10)  # under min_old_bytes: not a candidate
+        tr.begin_step(1, min_old_bytes=4096)
+        assert tr.old_transient_bytes == 8000
+        key = old.untyped_storage()._cdata
+        items = tr.old_transient_items(1000)
+        assert [(k, n, step) for k, n, step, _ in items] == [(key, 8000, 0)]
+        assert tr.old_transient_items(8001) == []
+        seq = items[0][3]
+        assert tr.seq_of(key) == seq
+        tr.set_linger([key])
+        a = torch.ones(1000)
+        del a  # the step's first fall
+        assert tr.linger_index(key) == -1  # alive
+        del old  # dies after one fall
+        assert tr.linger_index(key) == 1 and tr.seq_of(key) == -1 and tr.old_transient_bytes == 0
+        tr.set_linger([])
+        assert tr.linger_index(key) == -1
+    del small
+
+
+def test_saved_tensors_become_activations_once(make_tracker: Any) -> None:
+    tr = make_tracker()
+    w = torch.ones(10)
+    with tr:
+        x = torch.ones(100)
+        found = tr.saved(x)
+        assert found == (x.untyped_storage()._cdata, 400)
+        assert tr.cat[ACTIVATIONS] == 400 and tr.cat[OTHER] == 0
+        tr.saved(x.view(10, 10))
+        assert tr.cat[ACTIVATIONS] == 400
+        tr.set_category(w, PARAMETERS)
+        tr.saved(w)  # a parameter saved for backward stays a parameter
+        assert tr.cat[PARAMETERS] == 40 and tr.cat[ACTIVATIONS] == 400
+    assert tr.saved(torch.empty(0)) is None
+
+
+def test_records_name_the_line_module_shape_and_dtype(make_tracker: Any) -> None:
+    import sys
+
+    tr = make_tracker()
+    tr.module = "model.fc"
+    with tr:
+        big = torch.ones(4, 4096, dtype=torch.float16)  # 32 KiB: its line is looked up
+        line = sys._getframe().f_lineno - 1
+        tr.module = ""
+        small = torch.ones(3)
+    refs = {r.nbytes: r for r in tr.live_refs()}
+    assert refs[32768].site == (__file__, line) and refs[32768].module == "model.fc"
+    assert refs[32768].shape == (4, 4096) and refs[32768].dtype == "float16" and refs[32768].scaled is False
+    assert refs[12].site is None and refs[12].module == "" and refs[12].dtype == "float32"
+    ref = tr.ref_of(big)
+    assert ref is not None and ref.key == big.untyped_storage()._cdata and ref.seq < refs[12].seq
+    del big, small

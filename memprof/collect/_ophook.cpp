@@ -1,10 +1,20 @@
-// memprof's op hook: the C++ half of the detailed mode's storage tracker.
+// memprof's op hook: the detailed mode's storage ledger, kept in C++.
 //
 // A thread-local RecordFunction callback sees every op's outputs, as a Python TorchDispatchMode
-// would, for about a tenth of its cost: it looks each output's storage up in a set of storages
-// already reported and calls Python (StorageTracker.seen) only for a storage it has not reported.
-// The set holds weak references: a storage that dies leaves it without a word from Python. Views,
-// in-place ops and ops on known storages therefore never leave C++.
+// would, for a tenth of its cost. Each new storage gets an entry in the active Ledger: its bytes,
+// category, step, order of birth, module, shape and dtype, and whether it scales with the batch.
+// The running sums (live bytes per category, the peak and its breakdown, the falls within a step,
+// old storages still alive) are kept at each birth and death, so the peak is exact op by op.
+//
+// A storage of the default CPU allocator is marked by swapping its DataPtr for one whose context
+// is its entry and whose deleter counts the death, then frees the memory with the allocator's own
+// deleter: views, in-place ops and outputs on known storages are recognised by their deleter, with
+// no lookup, and no Python runs at a birth or a death. Other storages (CUDA's caching allocator
+// recognises its own deleter, pinned and shared memory likewise) keep their DataPtr: their entry
+// is found in a table, and Python's weak reference to the storage reports their death (release).
+//
+// Python is called only for what it must add: the user's line for a large storage, a weak
+// reference for a storage not marked, and a new high for the lingering-tensor watch.
 //
 // It reports what a dispatch mode sees, no more: the outputs of ops the caller (or a composite
 // op's decomposition) called, not the scratch tensors a kernel makes for itself inside an op.
@@ -13,39 +23,258 @@
 // Built on first use by memprof.collect.ophook with torch.utils.cpp_extension.
 #include <torch/extension.h>
 #include <ATen/record_function.h>
+#include <c10/util/SmallVector.h>
 #include <torch/csrc/DynamicTypes.h>
 #include <torch/csrc/Storage.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <csignal>
 #include <cstdint>
-#include <iterator>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
 namespace {
 
-// Guards `known`: autograd's device threads run ops too (they inherit the thread-local callback).
-// A spin lock: it is held for one hash lookup, almost never contended, and taken per output.
-std::atomic_flag lock_flag = ATOMIC_FLAG_INIT;
-struct Guard {
-  Guard() { while (lock_flag.test_and_set(std::memory_order_acquire)) {} }
-  ~Guard() { lock_flag.clear(std::memory_order_release); }
+namespace py = pybind11;
+
+constexpr int kCategories = 5;
+constexpr int ACTIVATIONS = 3;  // categories >= this are transient (memprof.report.model.CATEGORIES)
+constexpr int OTHER = 4;
+constexpr int PERSISTENT_MASK = 0b111;  // parameters, gradients, optimizer state
+constexpr int64_t PRE_LOOP = -1;
+
+// New/foreign flags returned to Python by Ledger::touch.
+constexpr int NEW = 1;
+constexpr int FOREIGN = 2;
+
+// Held for a few additions or one table lookup, almost never contended: a spin lock.
+struct SpinLock {
+  std::atomic_flag flag = ATOMIC_FLAG_INIT;
+  void lock() { while (flag.test_and_set(std::memory_order_acquire)) {} }
+  void unlock() { flag.clear(std::memory_order_release); }
 };
 
-// The storages already reported. A weak reference keeps a dead storage's address from being
-// reused while its entry is here, so an entry found is the same storage, alive; entries of dead
-// storages are swept out when the table has doubled since the last sweep (no call from Python
-// at each death).
-std::unordered_map<const c10::StorageImpl*, c10::weak_intrusive_ptr<c10::StorageImpl>> known;
-size_t sweep_at = 1024;
+struct Ledger;
 
-PyObject* seen_cb = nullptr;  // owned; called with the GIL
+struct Entry {
+  std::shared_ptr<Ledger> ledger;  // a death after the tracker is gone still finds its ledger
+  void* data = nullptr;            // a marked storage's memory, for the allocator's deleter
+  intptr_t key = 0;                // the StorageImpl's address, as Python's storage._cdata
+  int64_t nbytes = 0;
+  int64_t seq = 0;
+  int64_t step = 0;
+  int32_t module = 0;
+  int32_t site = -1;  // an index into the Python tracker's sites
+  int8_t category = OTHER;
+  int8_t dtype = 0;
+  bool scaled = false;
+  bool old = false;     // created before this step and transient: a lingering candidate
+  bool linger = false;  // named by the lingering watch: where it dies is noted
+  bool marked = false;  // its DataPtr is ours (else Python reports its death)
+  c10::SmallVector<int64_t, 4> shape;
+};
+
+c10::DeleterFnPtr cpu_deleter = nullptr;  // the default CPU allocator's, read from a fresh tensor
+void on_death(void* data);
+std::atomic<int64_t> ledger_serial{0};
+
+struct Ledger : std::enable_shared_from_this<Ledger> {
+  const int64_t id = ++ledger_serial;
+  SpinLock mu;
+  std::unordered_map<intptr_t, Entry*> live_entries;
+  int64_t live = 0, peak = 0, peak_seq = 0, peak_step = 0, step = PRE_LOOP, step_peak = 0, seq = 0;
+  int64_t scaled_live = 0, old_bytes = 0, peak_watch_at = 0;
+  bool rising = false;
+  std::array<int64_t, kCategories> cat{}, peak_cat{};
+  std::vector<std::pair<int64_t, int64_t>> local_peaks;  // (live, scaled_live) before each fall
+  std::unordered_map<intptr_t, int64_t> linger_at;         // candidate key -> index into local_peaks at its death
+  int32_t module = 0;
+  int64_t site_min_bytes = 16 * 1024;
+  // Batch scaling (memprof.collect.storage.StorageTracker._scales): written by Python, rarely.
+  int64_t batch = 0;
+  std::unordered_set<int64_t> fixed_numels;
+  std::set<std::vector<int64_t>> fixed_shapes;
+
+  ~Ledger() {
+    // Marked entries keep their ledger alive: only foreign ones (Python watches them) are left.
+    for (auto& kv : live_entries) {
+      if (!kv.second->marked) delete kv.second;
+    }
+  }
+
+  bool scales(c10::IntArrayRef shape) const {
+    const int64_t b = batch;
+    if (b <= 0 || shape.empty()) return false;
+    const bool has_b = std::find(shape.begin(), shape.end(), b) != shape.end();
+    if (!((shape[0] >= b && shape[0] % b == 0) || has_b)) return false;
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    if (!fixed_numels.count(numel)) return true;
+    std::vector<int64_t> sorted(shape.begin(), shape.end());
+    std::sort(sorted.begin(), sorted.end());
+    return !fixed_shapes.count(sorted);
+  }
+
+  // A birth, under the lock. True: a new high past the watch's mark (the caller calls Python).
+  bool add_locked(Entry* e) {
+    e->seq = ++seq;
+    live_entries[e->key] = e;
+    live += e->nbytes;
+    cat[e->category] += e->nbytes;
+    if (e->scaled) scaled_live += e->nbytes;
+    rising = true;
+    if (live > step_peak) {
+      step_peak = live;
+      if (live > peak) {
+        peak = live;
+        peak_seq = e->seq;
+        peak_step = e->step;
+        peak_cat = cat;
+      }
+      return live > peak_watch_at;
+    }
+    return false;
+  }
+
+  // A death, under the lock.
+  void remove_locked(Entry* e) {
+    auto it = live_entries.find(e->key);
+    if (it == live_entries.end() || it->second != e) return;
+    live_entries.erase(it);
+    const int64_t n = e->nbytes;
+    if (rising) {
+      rising = false;
+      local_peaks.emplace_back(live, scaled_live);
+    }
+    live -= n;
+    cat[e->category] -= n;
+    if (e->scaled) scaled_live -= n;
+    if (e->old) {
+      old_bytes -= n;
+      if (e->linger) linger_at[e->key] = static_cast<int64_t>(local_peaks.size());
+    }
+  }
+
+  void recategorise_locked(Entry* e, int category, int only_from_mask) {
+    const int old = e->category;
+    if (old == category || (only_from_mask && !(only_from_mask & (1 << old)))) return;
+    const int64_t n = e->nbytes;
+    cat[old] -= n;
+    cat[category] += n;
+    if (e->seq <= peak_seq) {  // alive now and created before the peak: it was part of the peak
+      peak_cat[old] -= n;
+      peak_cat[category] += n;
+    }
+    if (PERSISTENT_MASK & (1 << category)) {
+      if (e->scaled) {
+        e->scaled = false;
+        scaled_live -= n;
+      }
+      if (e->old) {
+        e->old = false;
+        old_bytes -= n;
+      }
+    }
+    e->category = static_cast<int8_t>(category);
+  }
+};
+
+// The marked storages' entries, by data pointer: the deleter is given only that.
+SpinLock registry_mu;
+std::unordered_map<void*, Entry*> by_data;
+
+// The entry of a storage marked by a ledger (ours by its deleter), else nullptr.
+inline Entry* marked_entry(c10::StorageImpl* s) {
+  const at::DataPtr& dp = s->data_ptr();
+  if (dp.get_deleter() != &on_death) return nullptr;
+  std::lock_guard<SpinLock> g(registry_mu);
+  auto it = by_data.find(dp.get());
+  return it == by_data.end() ? nullptr : it->second;
+}
+
+void on_death(void* data) {
+  Entry* e = nullptr;
+  {
+    std::lock_guard<SpinLock> g(registry_mu);
+    auto it = by_data.find(data);
+    if (it != by_data.end()) {
+      e = it->second;
+      by_data.erase(it);
+    }
+  }
+  if (e != nullptr) {
+    if (auto ledger = e->ledger) {
+      std::lock_guard<SpinLock> g(ledger->mu);
+      ledger->remove_locked(e);
+    }
+    delete e;
+  }
+  cpu_deleter(data);
+}
+
+// Swap the deleter of a default-CPU-allocator storage for on_death, which counts the death and calls
+// the allocator's. The context stays the data pointer, as copy-on-write clones require. False: not
+// ours to mark (another allocator's storage: its deleter may be checked by that allocator).
+bool mark(c10::StorageImpl* s, Entry* e) {
+  if (cpu_deleter == nullptr) return false;
+  at::DataPtr& dp = s->_mutable_data_ptr_no_checks();
+  void* data = dp.get();
+  if (data == nullptr || dp.get_context() != data) return false;
+  {
+    std::lock_guard<SpinLock> g(registry_mu);
+    if (!dp.compare_exchange_deleter(cpu_deleter, &on_death)) return false;
+    by_data[data] = e;
+  }
+  e->data = data;
+  e->marked = true;
+  return true;
+}
+
+// What the callback and Python share: the active ledger and its Python callbacks (set by install).
+std::shared_ptr<Ledger> active;  // owned here while installed; the callback reads active_raw
+std::atomic<Ledger*> active_raw{nullptr};
+PyObject* site_cb = nullptr;     // () -> int: the user's line, as an index (-1: none)
+PyObject* foreign_cb = nullptr;  // (storage, key) -> None: watch this storage's death
+PyObject* peak_cb = nullptr;     // (live) -> None: a new high of the step past the watch's mark
 at::CallbackHandle handle = 0;
 std::atomic<int64_t> errors{0};
+
+// An exception from the Python side can't go through the op (its end runs in a destructor). A
+// signal handler's (Ctrl+C's KeyboardInterrupt, memprof's SIGTERM unwinding) must not be lost: the
+// signal is raised again, and Python acts on it at its next chance, in the user's code. Anything
+// else is counted (error_count) and dropped.
+void redeliver_or_count() {
+  if (PyErr_Occurred() == nullptr) {
+    ++errors;
+  } else if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    PyErr_Clear();
+    PyErr_SetInterrupt();
+  } else if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+    PyErr_Clear();
+#if PY_VERSION_HEX >= 0x030A0000
+    PyErr_SetInterruptEx(SIGTERM);
+#endif
+  } else {
+    ++errors;
+    PyErr_Clear();
+  }
+}
+
+// Call a Python callback with the GIL; its result (a new reference) or nullptr, errors handled.
+PyObject* call_python(PyObject* fn, PyObject* const* args, size_t nargs) {
+  if (fn == nullptr) return nullptr;
+  PyObject* r = PyObject_Vectorcall(fn, args, nargs, nullptr);
+  if (r == nullptr) redeliver_or_count();
+  return r;
+}
 
 struct PairHash {
   size_t operator()(const std::pair<const char*, const char*>& p) const {
@@ -55,7 +284,7 @@ struct PairHash {
 
 // What each thread keeps, in one thread-local (one TLS lookup per callback).
 struct ThreadState {
-  bool busy = false;  // ops run by the Python callback itself are not reported
+  bool busy = false;  // ops run by the Python callbacks themselves are not counted
   // Whether each op being run is opaque, and how many opaque ops enclose this point.
   std::vector<char> opaque_stack;
   int opaque_depth = 0;
@@ -77,84 +306,113 @@ bool is_opaque(ThreadState& ts, const at::RecordFunction& fn) {
   return opaque;
 }
 
-void sweep_locked() {
-  for (auto it = known.begin(); it != known.end();) {
-    it = it->second.expired() ? known.erase(it) : std::next(it);
-  }
-  sweep_at = std::max<size_t>(1024, 2 * known.size());
+// Fill an entry from the tensor (not yet in the ledger).
+void fill(Entry* e, c10::StorageImpl* s, const at::Tensor& t, int category, int64_t step) {
+  e->key = reinterpret_cast<intptr_t>(s);
+  e->nbytes = static_cast<int64_t>(s->nbytes());
+  e->step = step;
+  e->category = static_cast<int8_t>(category);
+  e->dtype = static_cast<int8_t>(t.scalar_type());
+  const auto sizes = t.sizes();
+  e->shape.assign(sizes.begin(), sizes.end());
 }
 
-void remember_locked(const c10::Storage& st) {
-  c10::StorageImpl* s = st.unsafeGetStorageImpl();
-  known.emplace(s, c10::weak_intrusive_ptr<c10::StorageImpl>(st.getWeakStorageImpl()));
-  if (known.size() >= sweep_at) sweep_locked();
-}
-
-// An exception from the Python side can't go through the op (its end runs in a destructor). A
-// signal handler's (Ctrl+C's KeyboardInterrupt, memprof's SIGTERM unwinding) must not be lost: the
-// signal is raised again, and Python acts on it at its next chance, in the user's code. Anything
-// else is counted (error_count) and dropped.
-void redeliver_or_count() {
-  if (PyErr_Occurred() == nullptr) {  // a C++ error on the way (the tensor's sizes)
-    ++errors;
-  } else if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
-    PyErr_Clear();
-    PyErr_SetInterrupt();
-  } else if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-    PyErr_Clear();
-#if PY_VERSION_HEX >= 0x030A0000
-    PyErr_SetInterruptEx(SIGTERM);
-#endif
+// Count `s` if new: the entry, and whether it was made now (`made`) and is a new high past the
+// peak watch's mark (`new_high`). Not marked when made: Python must watch its death.
+Entry* find_or_add(Ledger* ledger, c10::StorageImpl* s, const at::Tensor& t, int category,
+                   int64_t step, bool* made, bool* new_high) {
+  *made = false;
+  *new_high = false;
+  Entry* e = marked_entry(s);
+  const intptr_t key = reinterpret_cast<intptr_t>(s);
+  if (e != nullptr && e->ledger.get() == ledger && e->key == key) return e;
+  Entry* fresh = nullptr;
+  if (e != nullptr) {
+    // Marked by an earlier ledger (an earlier tracker in this process), or the data of a storage
+    // marked here moved into a new storage (autograd does it): the old one is dead, this one new.
+    if (auto old = e->ledger) {
+      std::lock_guard<SpinLock> g(old->mu);
+      old->remove_locked(e);
+    }
+    e->ledger = ledger->shared_from_this();
+    e->site = -1;
+    e->scaled = e->old = e->linger = false;
+    fill(e, s, t, category, step);
+    fresh = e;
   } else {
-    ++errors;
-    PyErr_Clear();
+    {
+      std::lock_guard<SpinLock> g(ledger->mu);
+      auto it = ledger->live_entries.find(key);
+      if (it != ledger->live_entries.end()) return it->second;  // a foreign storage, known
+    }
+    fresh = new Entry();
+    fresh->ledger = ledger->shared_from_this();
+    fill(fresh, s, t, category, step);
+    if (!mark(s, fresh)) fresh->ledger.reset();  // foreign: found in the table, released by Python
   }
+  std::lock_guard<SpinLock> g(ledger->mu);
+  fresh->module = ledger->module;
+  if (category == OTHER && step != PRE_LOOP && ledger->batch > 0) fresh->scaled = ledger->scales(fresh->shape);
+  *new_high = ledger->add_locked(fresh);
+  *made = true;
+  return fresh;
 }
 
-void report(ThreadState& ts, const at::Tensor& t) {
+// After a birth seen by the op hook: the Python parts (site, death watch, new high), with the GIL.
+void python_parts(ThreadState& ts, Ledger* ledger, Entry* e, const c10::Storage& storage,
+                  bool watch_new_high) {
+  const bool want_site = e->nbytes >= ledger->site_min_bytes && site_cb != nullptr;
+  const bool foreign = !e->marked;
+  const bool new_high = watch_new_high && peak_cb != nullptr;
+  if (!(want_site || foreign || new_high)) return;
+  py::gil_scoped_acquire gil;
+  ts.busy = true;
+  if (want_site) {
+    if (PyObject* r = call_python(site_cb, nullptr, 0)) {
+      const long v = PyLong_AsLong(r);
+      if (v == -1 && PyErr_Occurred()) PyErr_Clear();
+      else e->site = static_cast<int32_t>(v);
+      Py_DECREF(r);
+    }
+  }
+  if (foreign && foreign_cb != nullptr) {
+    PyObject* args[2] = {THPStorage_Wrap(storage), PyLong_FromSsize_t(e->key)};
+    if (args[0] && args[1]) Py_XDECREF(call_python(foreign_cb, args, 2));
+    else redeliver_or_count();
+    Py_XDECREF(args[0]);
+    Py_XDECREF(args[1]);
+  }
+  if (new_high) {
+    int64_t live;
+    {
+      std::lock_guard<SpinLock> g(ledger->mu);
+      live = ledger->live;
+    }
+    PyObject* arg = PyLong_FromLongLong(live);
+    if (arg != nullptr) {
+      Py_XDECREF(call_python(peak_cb, &arg, 1));
+      Py_DECREF(arg);
+    }
+  }
+  ts.busy = false;
+}
+
+void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t) {
   if (!t.defined() || !t.has_storage()) return;
   const c10::Storage& storage = t.storage();
-  const c10::StorageImpl* s = storage.unsafeGetStorageImpl();
+  c10::StorageImpl* s = storage.unsafeGetStorageImpl();
   if (s->nbytes() == 0 || s->device_type() == c10::DeviceType::Meta) return;
-  {
-    Guard g;
-    if (known.count(s)) return;
+  // The common case, a view or an in-place op: a storage this ledger marked, found by its deleter.
+  Entry* e = marked_entry(s);
+  if (e != nullptr && e->ledger.get() == ledger && e->key == reinterpret_cast<intptr_t>(s)) return;
+  bool made = false, new_high = false;
+  try {
+    e = find_or_add(ledger, s, t, OTHER, ledger->step, &made, &new_high);
+  } catch (const std::exception&) {
+    ++errors;  // the sizes of an exotic tensor: not counted, and said (error_count)
+    return;
   }
-  bool keep = false;
-  {
-    pybind11::gil_scoped_acquire gil;
-    if (seen_cb == nullptr) return;
-    ts.busy = true;
-    // seen(storage, nbytes, shape, dtype): no Python tensor is made (most outputs of backward have none)
-    PyObject* args[4] = {nullptr, nullptr, nullptr, nullptr};
-    PyObject* r = nullptr;
-    try {
-      args[0] = THPStorage_Wrap(storage);
-      args[1] = PyLong_FromLongLong(static_cast<long long>(s->nbytes()));
-      const auto sizes = t.sizes();
-      args[2] = PyTuple_New(static_cast<Py_ssize_t>(sizes.size()));
-      for (size_t i = 0; args[2] != nullptr && i < sizes.size(); ++i) {
-        PyTuple_SET_ITEM(args[2], static_cast<Py_ssize_t>(i), PyLong_FromLongLong(sizes[i]));
-      }
-      args[3] = reinterpret_cast<PyObject*>(torch::getTHPDtype(t.scalar_type()));
-      Py_XINCREF(args[3]);
-      if (args[0] && args[1] && args[2] && args[3]) r = PyObject_Vectorcall(seen_cb, args, 4, nullptr);
-    } catch (const std::exception&) {
-      r = nullptr;  // sizes of an exotic tensor: not counted, and said (error_count)
-    }
-    for (PyObject* a : args) Py_XDECREF(a);
-    ts.busy = false;
-    if (r != nullptr) {
-      keep = (r == Py_True);
-      Py_DECREF(r);
-    } else {
-      redeliver_or_count();
-    }
-  }
-  if (keep) {
-    Guard g;
-    remember_locked(storage);
-  }
+  if (made) python_parts(ts, ledger, e, storage, new_high);
 }
 
 std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
@@ -172,29 +430,39 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
     ts.opaque_stack.pop_back();
   }
   if (ts.busy || ts.opaque_depth > 0) return;
+  // The Python tracker owns its ledger: uninstall clears this pointer, not the ledger.
+  Ledger* ledger = active_raw.load(std::memory_order_acquire);
+  if (ledger == nullptr) return;
   for (const c10::IValue& v : fn.outputs()) {
     if (v.isTensor()) {
-      report(ts, v.toTensor());
+      see(ts, ledger, v.toTensor());
     } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorVector()) report(ts, t);
+      for (const at::Tensor& t : v.toTensorVector()) see(ts, ledger, t);
     } else if (v.isList()) {
       for (const c10::IValue& e : v.toListRef()) {
-        if (e.isTensor()) report(ts, e.toTensor());
+        if (e.isTensor()) see(ts, ledger, e.toTensor());
       }
     }
   }
 }
 
-// Start reporting the ops of this thread (and of autograd's threads working for it) to `seen`.
-void install(pybind11::object seen) {
+void set_callback(PyObject** slot, const py::object& fn) {
+  PyObject* old = *slot;
+  *slot = fn.is_none() ? nullptr : fn.inc_ref().ptr();
+  Py_XDECREF(old);
+}
+
+// -- what Python calls ----------------------------------------------------------------------------
+
+// Count this thread's ops (and those of autograd's threads working for it) into `ledger`.
+void install(const std::shared_ptr<Ledger>& ledger, py::object site, py::object foreign, py::object peak) {
+  if (cpu_deleter == nullptr) cpu_deleter = at::empty({1}).storage().data_ptr().get_deleter();
   if (handle != 0) at::removeCallback(handle);
-  {
-    Guard g;
-    known.clear();  // a new owner may not know what the last one was told
-    sweep_at = 1024;
-  }
-  Py_XDECREF(seen_cb);
-  seen_cb = seen.release().ptr();
+  active = ledger;
+  active_raw.store(ledger.get(), std::memory_order_release);
+  set_callback(&site_cb, site);
+  set_callback(&foreign_cb, foreign);
+  set_callback(&peak_cb, peak);
   handle = at::addThreadLocalCallback(
       at::RecordFunctionCallback(on_start, on_end).needsOutputs(true).scopes({at::RecordScope::FUNCTION}));
 }
@@ -202,32 +470,228 @@ void install(pybind11::object seen) {
 void uninstall() {
   if (handle != 0) at::removeCallback(handle);
   handle = 0;
+  active_raw.store(nullptr, std::memory_order_release);
+  active.reset();
+  set_callback(&site_cb, py::none());
+  set_callback(&foreign_cb, py::none());
+  set_callback(&peak_cb, py::none());
 }
 
-// A storage the tracker counted by itself (a tensor autograd saves before the op that made it
-// ends, a census): not to be reported again.
-void remember(pybind11::handle storage) {
-  if (!THPStorage_Check(storage.ptr())) return;
-  const c10::Storage& st = THPStorage_Unpack(storage.ptr());
-  Guard g;
-  remember_locked(st);
+// The storage of a tensor; nullptr when it has none or no bytes.
+c10::StorageImpl* storage_of(const at::Tensor& t) {
+  if (!t.defined() || !t.has_storage()) return nullptr;
+  c10::StorageImpl* s = t.storage().unsafeGetStorageImpl();
+  if (s->nbytes() == 0 || s->device_type() == c10::DeviceType::Meta) return nullptr;
+  return s;
 }
 
-int64_t error_count() { return errors.load(); }
+// Count a tensor's storage if new (created with `category`, at `step`), then, if `to` >= 0, move
+// it to category `to` (only from the categories in `only_from_mask`, 0: from any).
+// Returns (key, bytes, flags): flags NEW (made now: Python adds its site) and FOREIGN (made now and
+// not marked: Python watches its death). (0, 0, 0): no storage to count.
+py::tuple touch(const std::shared_ptr<Ledger>& ledger, const at::Tensor& t, int category, int64_t step, int to,
+                int only_from_mask) {
+  c10::StorageImpl* s = storage_of(t);
+  if (s == nullptr) return py::make_tuple(0, 0, 0);
+  bool made = false, new_high = false;
+  Entry* e = find_or_add(ledger.get(), s, t, category, step, &made, &new_high);
+  int flags = made ? NEW : 0;
+  if (made && !e->marked) flags |= FOREIGN;
+  intptr_t key;
+  int64_t nbytes;
+  {
+    std::lock_guard<SpinLock> g(ledger->mu);
+    if (to >= 0) ledger->recategorise_locked(e, to, only_from_mask);
+    key = e->key;
+    nbytes = e->nbytes;
+  }
+  // Python objects are made out of the lock: a garbage collection may run, and free storages.
+  return py::make_tuple(key, nbytes, flags);
+}
 
-// Storages reported and still alive.
-int64_t known_count() {
-  Guard g;
-  sweep_locked();
-  return static_cast<int64_t>(known.size());
+// One entry as Python reads it, copied under the ledger's lock; made into Python objects out of it.
+struct View {
+  intptr_t key;
+  int64_t nbytes, step, seq;
+  int32_t site, module;
+  int category;
+  bool scaled;
+  at::ScalarType dtype;
+  c10::SmallVector<int64_t, 4> shape;
+  explicit View(const Entry* e)
+      : key(e->key), nbytes(e->nbytes), step(e->step), seq(e->seq), site(e->site), module(e->module),
+        category(e->category), scaled(e->scaled), dtype(static_cast<at::ScalarType>(e->dtype)), shape(e->shape) {}
+};
+
+// (key, nbytes, category, step, seq, site, module, scaled, shape, dtype)
+py::tuple as_tuple(const View& v) {
+  py::tuple shape(v.shape.size());
+  for (size_t i = 0; i < v.shape.size(); ++i) shape[i] = py::int_(v.shape[i]);
+  PyObject* dtype = reinterpret_cast<PyObject*>(torch::getTHPDtype(v.dtype));
+  return py::make_tuple(v.key, v.nbytes, v.category, v.step, v.seq, v.site, v.module, v.scaled, shape,
+                        py::reinterpret_borrow<py::object>(dtype));
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("install", &install, "report new output storages of this thread's ops to seen(storage, nbytes, shape, dtype) -> bool");
+  m.doc() = "memprof's op hook: the detailed mode's storage ledger, in C++";
+  py::class_<Ledger, std::shared_ptr<Ledger>>(m, "Ledger")
+      .def(py::init<>())
+      .def_property_readonly("live", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.live; })
+      .def_property_readonly("peak", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.peak; })
+      .def_property_readonly("peak_seq", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.peak_seq; })
+      .def_property_readonly("peak_step", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.peak_step; })
+      .def_property_readonly("step_peak", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.step_peak; })
+      .def_property_readonly("seq", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.seq; })
+      .def_property_readonly("scaled_live", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.scaled_live; })
+      .def_property_readonly("old_bytes", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.old_bytes; })
+      .def_property_readonly("count", [](Ledger& l) { std::lock_guard<SpinLock> g(l.mu); return l.live_entries.size(); })
+      .def_property_readonly("cat", [](Ledger& l) {
+        std::lock_guard<SpinLock> g(l.mu);
+        return std::vector<int64_t>(l.cat.begin(), l.cat.end());
+      })
+      .def_property_readonly("peak_cat", [](Ledger& l) {
+        std::lock_guard<SpinLock> g(l.mu);
+        return std::vector<int64_t>(l.peak_cat.begin(), l.peak_cat.end());
+      })
+      .def_property_readonly("local_peaks", [](Ledger& l) {
+        std::lock_guard<SpinLock> g(l.mu);
+        return l.local_peaks;
+      }, "(live, scaled live) before each fall of this step")
+      .def_property("step",
+          [](Ledger& l) { return l.step; },
+          [](Ledger& l, int64_t s) { std::lock_guard<SpinLock> g(l.mu); l.step = s; })
+      .def_property("module",
+          [](Ledger& l) { return l.module; },
+          [](Ledger& l, int32_t m) { l.module = m; })
+      .def_property("site_min_bytes",
+          [](Ledger& l) { return l.site_min_bytes; },
+          [](Ledger& l, int64_t n) { l.site_min_bytes = n; })
+      .def_property("peak_watch_at",
+          [](Ledger& l) { return l.peak_watch_at; },
+          [](Ledger& l, int64_t n) { std::lock_guard<SpinLock> g(l.mu); l.peak_watch_at = n; })
+      .def("set_scaling", [](Ledger& l, int64_t batch, const std::vector<int64_t>& numels,
+                              const std::vector<std::vector<int64_t>>& sorted_shapes) {
+        std::lock_guard<SpinLock> g(l.mu);
+        l.batch = batch;
+        l.fixed_numels = std::unordered_set<int64_t>(numels.begin(), numels.end());
+        l.fixed_shapes = std::set<std::vector<int64_t>>(sorted_shapes.begin(), sorted_shapes.end());
+      }, "the batch size and the parameters' sizes (numels, sorted shapes) that batch scaling checks")
+      .def("scales", [](Ledger& l, std::vector<int64_t> shape) {
+        std::lock_guard<SpinLock> g(l.mu);
+        return l.scales(shape);
+      })
+      .def("touch", &touch, py::arg("tensor"), py::arg("category"), py::arg("step"), py::arg("to") = -1,
+           py::arg("only_from_mask") = 0)
+      .def("set_site", [](Ledger& l, intptr_t key, int32_t site) {
+        std::lock_guard<SpinLock> g(l.mu);
+        auto it = l.live_entries.find(key);
+        if (it != l.live_entries.end()) it->second->site = site;
+      })
+      .def("release", [](Ledger& l, intptr_t key) {
+        // A storage not marked has died (Python's weak reference): count it.
+        Entry* e = nullptr;
+        {
+          std::lock_guard<SpinLock> g(l.mu);
+          auto it = l.live_entries.find(key);
+          if (it == l.live_entries.end() || it->second->marked) return;
+          e = it->second;
+          l.remove_locked(e);
+        }
+        delete e;
+      })
+      .def("recategorise", [](Ledger& l, intptr_t key, int category, int only_from_mask) {
+        std::lock_guard<SpinLock> g(l.mu);
+        auto it = l.live_entries.find(key);
+        if (it == l.live_entries.end()) return false;
+        l.recategorise_locked(it->second, category, only_from_mask);
+        return true;
+      })
+      .def("seq_of", [](Ledger& l, intptr_t key) -> int64_t {
+        std::lock_guard<SpinLock> g(l.mu);
+        auto it = l.live_entries.find(key);
+        return it == l.live_entries.end() ? -1 : it->second->seq;
+      }, "the order of birth of the live storage `key`, -1 if none")
+      .def("entry", [](Ledger& l, intptr_t key) -> py::object {
+        std::vector<View> found;
+        {
+          std::lock_guard<SpinLock> g(l.mu);
+          auto it = l.live_entries.find(key);
+          if (it != l.live_entries.end()) found.emplace_back(it->second);
+        }
+        if (found.empty()) return py::none();
+        return as_tuple(found[0]);
+      }, "the live entry `key`: (key, nbytes, category, step, seq, site, module, scaled, shape, dtype), or None")
+      .def("entries", [](Ledger& l) {
+        std::vector<View> views;
+        {
+          std::lock_guard<SpinLock> g(l.mu);
+          views.reserve(l.live_entries.size());
+          for (auto& kv : l.live_entries) views.emplace_back(kv.second);
+        }
+        std::sort(views.begin(), views.end(), [](const View& a, const View& b) { return a.seq < b.seq; });
+        py::list out;
+        for (const View& v : views) out.append(as_tuple(v));
+        return out;
+      }, "every live entry, oldest first")
+      .def("begin_step", [](Ledger& l, int64_t step, int64_t min_old_bytes) {
+        std::lock_guard<SpinLock> g(l.mu);
+        l.step = step;
+        l.step_peak = l.live;
+        l.local_peaks.clear();
+        l.rising = false;
+        l.old_bytes = 0;
+        l.peak_watch_at = 0;
+        for (auto& kv : l.live_entries) {
+          Entry* e = kv.second;
+          e->old = e->category >= ACTIVATIONS && e->nbytes >= min_old_bytes;
+          e->linger = false;
+          if (e->old) l.old_bytes += e->nbytes;
+        }
+        l.linger_at.clear();
+      }, "a step boundary: the step's peak restarts; transient storages alive now become old")
+      .def("old_entries", [](Ledger& l, int64_t min_bytes) {
+        std::lock_guard<SpinLock> g(l.mu);
+        std::vector<std::array<int64_t, 4>> out;
+        for (auto& kv : l.live_entries) {
+          const Entry* e = kv.second;
+          if (e->old && e->nbytes >= min_bytes) out.push_back({e->key, e->nbytes, e->step, e->seq});
+        }
+        return out;
+      }, "(key, nbytes, step, seq) of old transient storages of at least min_bytes")
+      .def("set_linger", [](Ledger& l, const std::vector<intptr_t>& keys) {
+        std::lock_guard<SpinLock> g(l.mu);
+        for (auto& kv : l.linger_at) {
+          auto it = l.live_entries.find(kv.first);
+          if (it != l.live_entries.end()) it->second->linger = false;
+        }
+        l.linger_at.clear();
+        for (intptr_t k : keys) {
+          auto it = l.live_entries.find(k);
+          if (it != l.live_entries.end()) it->second->linger = true;
+          l.linger_at[k] = -1;
+        }
+      }, "the lingering candidates whose death to note")
+      .def("linger_index", [](Ledger& l, intptr_t key) -> int64_t {
+        std::lock_guard<SpinLock> g(l.mu);
+        auto it = l.linger_at.find(key);
+        return it == l.linger_at.end() ? -1 : it->second;
+      }, "the length of local_peaks when candidate `key` died; -1 alive or not a candidate")
+      .def("mark_first_batch", [](Ledger& l, const std::unordered_set<intptr_t>& inputs) {
+        // The first model call's batch: pre-loop storages that scale with it (its inputs, when known).
+        std::lock_guard<SpinLock> g(l.mu);
+        for (auto& kv : l.live_entries) {
+          Entry* e = kv.second;
+          if (!e->scaled && e->category >= ACTIVATIONS && e->step == PRE_LOOP && !e->shape.empty()
+              && e->shape[0] == l.batch && l.scales(e->shape) && (inputs.empty() || inputs.count(e->key))) {
+            e->scaled = true;
+            l.scaled_live += e->nbytes;
+          }
+        }
+      });
+  m.def("install", &install, py::arg("ledger"), py::arg("site"), py::arg("foreign"), py::arg("peak"),
+        "count this thread's ops into ledger; site() -> int, foreign(storage, key), peak(live)");
   m.def("uninstall", &uninstall);
-  m.def("remember", &remember, "count this storage (a Python storage object) as reported");
-  m.def("error_count", &error_count);
-  m.def("known_count", &known_count);
+  m.def("error_count", []() { return errors.load(); });
 }

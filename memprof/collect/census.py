@@ -122,7 +122,7 @@ def _nothing_saved(node: Any) -> bool:
 def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
     try:
         st = t.untyped_storage()
-        return id(st), st.nbytes()
+        return st._cdata, st.nbytes()
     except (RuntimeError, NotImplementedError):
         return None
 

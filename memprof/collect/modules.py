@@ -20,15 +20,18 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from memprof.collect.sites import user_frame
-from memprof.collect.storage import ACTIVATIONS, OTHER, PARAMETERS, StorageTracker
+from memprof.collect.storage import PARAMETERS, StorageTracker
 from memprof.collect.timeline import CallInputs, TensorSpec
+
+if TYPE_CHECKING:
+    from memprof.collect.native import NativeTracker
 
 _PLAIN = (torch.Tensor, nn.Parameter)
 _dispatch_depth = torch._C._len_torch_dispatch_stack
@@ -183,7 +186,7 @@ def call_site(frame: FrameType | None) -> tuple[int, int]:
 class ModuleCollector:
     def __init__(
         self,
-        tracker: StorageTracker,
+        tracker: StorageTracker | NativeTracker,
         on_root_call: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], RootCall | None],
         on_root_output: Callable[[RootCall, Any], None],
     ) -> None:
@@ -303,7 +306,7 @@ class ModuleCollector:
             described = self._describe_call(module, args, kwargs, grad)
             batch = described.batch_size
             if not self.tracker.batch_size:  # the first batch: the tracker marks it as scaling
-                self.tracker.first_inputs = {id(t.untyped_storage()) for t in _tensors((args, kwargs))}
+                self.tracker.first_inputs = {t.untyped_storage()._cdata for t in _tensors((args, kwargs))}
         except Exception:
             batch = batch_size_of(args, kwargs)
         return RootCall(
@@ -361,16 +364,11 @@ class ModuleCollector:
     # -- saved tensors ---------------------------------------------------------------------------
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         try:
-            tracker = self.tracker
-            ref = tracker.refs.get(id(t.untyped_storage()))
-            if ref is None and tracker.feed == "ophook":
-                # Autograd saves an op's output before the op ends, and the op hook reports outputs
-                # when it ends (a dispatch mode, below autograd, has counted it already): count it now.
-                ref = tracker.ensure(t)
-            if ref is not None:
-                if ref.category == OTHER:
-                    tracker.recategorise(ref, ACTIVATIONS)
-                key, n = ref.key, ref.nbytes
+            # Autograd saves an op's output before the op ends, and the op hook sees outputs when
+            # it ends (a dispatch mode, below autograd, has counted it already): saved() counts it.
+            found = self.tracker.saved(t)
+            if found is not None:
+                key, n = found
                 for st in self.stack:
                     if key not in st._step_keys:
                         st._step_keys.add(key)

@@ -1,9 +1,9 @@
-"""Find, build and load memprof's C++ op hook (``_ophook.cpp``), the fast feed of the storage tracker.
+"""Find, build and load memprof's C++ op hook (``_ophook.cpp``), the ledger of the native tracker.
 
 The detailed mode must see every storage an op creates. A Python ``TorchDispatchMode`` costs a
 C++-to-Python round trip per op (3-4 µs: more than a small op itself); the op hook is a
-thread-local ``RecordFunction`` callback in C++ that calls Python only for a storage it has not
-reported before, so views, in-place ops and ops on known storages stay in C++.
+thread-local ``RecordFunction`` callback in C++ that keeps the storage ledger itself
+(:class:`memprof.collect.native.NativeTracker`), so no Python runs per op nor per storage.
 
 It is compiled once per torch and Python version with ``torch.utils.cpp_extension`` (a C++
 compiler and ninja are needed: about half a minute) into ``$MEMPROF_CACHE_DIR`` (default
@@ -12,9 +12,9 @@ missing; every session uses it once built. ``MEMPROF_OPHOOK=0`` turns it off,
 ``MEMPROF_OPHOOK=build`` builds it whenever it is missing.
 
 Known limitations:
-- Without a compiler the tracker falls back to its Python dispatch mode: the same figures, slower.
-- ``--memory-limit`` on CPU raises its out-of-memory from inside the op: only the Python mode can,
-  so it uses that mode.
+- Without a compiler the session uses the Python tracker, a dispatch mode: the same figures, slower.
+- ``--memory-limit`` on CPU raises its out-of-memory from inside the op: only the Python tracker
+  can, so it is used then.
 """
 
 from __future__ import annotations

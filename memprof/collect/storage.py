@@ -1,9 +1,11 @@
 """Live tensor storage bytes, op by op: the CPU-first measure of memory.
 
-Every storage an op creates is reported, by the C++ op hook (:mod:`memprof.collect.ophook`) where
-it is built, else by this tracker itself as a ``TorchDispatchMode``; a weak reference to the
-storage object (storages keep one Python object for their lifetime) says when it dies. Views and in-place ops
-reuse a storage already counted, so they cost one dict lookup. This counts what
+Two trackers keep the same ledger with the same interface: :class:`StorageTracker` here, in Python,
+a ``TorchDispatchMode`` that sees every op's outputs, with a weak reference to each storage object
+(storages keep one Python object for their lifetime) to say when it dies; and
+:class:`memprof.collect.native.NativeTracker`, the same ledger kept in C++ by memprof's op hook, ten
+times cheaper, where the hook is built. Views and in-place ops reuse a storage already counted, so
+they cost one dict lookup. A storage's key is its ``StorageImpl``'s address (``_cdata``) in both. This counts what
 ``torch.cuda.memory_allocated`` counts on a GPU, before the allocator's rounding.
 
 Each storage carries a category (parameters, gradients, ...), the step that created it, the user
@@ -112,16 +114,13 @@ class StorageRef(weakref.ref):  # type: ignore[type-arg]
 class StorageTracker(TorchDispatchMode):
     """Counts live storage bytes; the session turns it on for detailed steps (:meth:`start`).
 
-    Two feeds give it the same news: the C++ op hook (:mod:`memprof.collect.ophook`) where it is
-    built, calling :meth:`seen` for each storage it has not reported, or else this class itself
-    as a ``TorchDispatchMode``, looking at every op's outputs in Python.
+    A ``TorchDispatchMode``, looking at every op's outputs in Python. ``--memory-limit`` on CPU
+    needs it: only a dispatch mode can raise an out-of-memory from inside an op.
     """
 
-    def __init__(self, hook: Any = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.hook = hook  # the loaded op hook module, or None
-        self._remember: Callable[[Any], None] | None = None  # the op hook's, while it feeds this tracker
-        self.feed: str | None = None  # "ophook" or "dispatch" while counting
+        self.feed: str | None = None  # "dispatch" while counting
         self._free_callback = self._on_free  # one bound method for every weak reference
         self.refs: dict[int, StorageRef] = {}
         self.live = 0
@@ -159,33 +158,15 @@ class StorageTracker(TorchDispatchMode):
 
     # -- on and off ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Count every storage ops create from now on, through the op hook where it is built.
-        ``--memory-limit`` raises its out-of-memory inside the op: only the dispatch mode can."""
-        if self.feed is not None:
-            return
-        if self.hook is not None and self.limit is None:
-            self.hook.install(self.seen)
-            self._remember = self.hook.remember
-            self.feed = "ophook"
-        else:
+        """Count every storage ops create from now on."""
+        if self.feed is None:
             self.__enter__()
             self.feed = "dispatch"
 
     def stop(self) -> None:
-        feed, self.feed = self.feed, None
-        self._remember = None
-        if feed == "ophook":
-            self.hook.uninstall()
-        elif feed == "dispatch":
+        if self.feed is not None:
+            self.feed = None
             self.__exit__(None, None, None)
-
-    def seen(self, st: Any, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
-        """The op hook's news: an op returned a tensor (``shape``, ``dtype``) on storage ``st`` of
-        ``n`` bytes, which the hook has not reported yet (new, or made while not counting). True:
-        the hook need not report it again while it lives (the hook lets dead storages go by itself)."""
-        if id(st) not in self.refs:  # the hook reports no empty or meta storage
-            self.add(st, shape, dtype, n, self.step)
-        return True
 
     # -- the dispatch hook: keep it lean, it runs for every op ---------------------------------
     @classmethod
@@ -212,7 +193,7 @@ class StorageTracker(TorchDispatchMode):
                 st = out.untyped_storage()
             except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers
                 return out
-            if id(st) not in self.refs:  # views and in-place ops end here
+            if st._cdata not in self.refs:  # views and in-place ops end here
                 self._new(st, out)
         elif t is tuple or t is list:
             for o in out:
@@ -227,7 +208,7 @@ class StorageTracker(TorchDispatchMode):
             st = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers
             return
-        if id(st) not in self.refs:
+        if st._cdata not in self.refs:
             self._new(st, t)
 
     def _new(self, st: Any, t: torch.Tensor) -> None:
@@ -240,7 +221,7 @@ class StorageTracker(TorchDispatchMode):
             category: int = OTHER) -> StorageRef:
         # Runs for every new storage: attribute stores and lookups only, nothing recomputed.
         ref = StorageRef(st, self._free_callback)
-        key = ref.key = id(st)
+        key = ref.key = st._cdata
         ref.nbytes = n
         ref.category = category
         ref.step = step
@@ -362,7 +343,7 @@ class StorageTracker(TorchDispatchMode):
     # -- what the session and the collectors call -----------------------------------------------
     def ref_of(self, t: torch.Tensor) -> StorageRef | None:
         try:
-            return self.refs.get(id(t.untyped_storage()))
+            return self.refs.get(t.untyped_storage()._cdata)
         except (RuntimeError, NotImplementedError):
             return None
 
@@ -372,7 +353,7 @@ class StorageTracker(TorchDispatchMode):
             st = t.untyped_storage()
         except (RuntimeError, NotImplementedError):
             return None
-        ref = self.refs.get(id(st))
+        ref = self.refs.get(st._cdata)
         if ref is not None:
             return ref
         n = st.nbytes()
@@ -383,8 +364,6 @@ class StorageTracker(TorchDispatchMode):
             ref = self.add(st, t.shape, t.dtype, n, self.step if step is None else step, category)
         finally:
             self.limit = limit
-        if self._remember is not None:  # the op hook need not report it (autograd saved it before the op ended)
-            self._remember(st)
         return ref
 
     def set_category(self, t: torch.Tensor, category: int, only_from: tuple[int, ...] | None = None) -> None:
@@ -434,6 +413,35 @@ class StorageTracker(TorchDispatchMode):
         self.old_transient_bytes = sum(r.nbytes for r in old.values())
         self.peak_watch_at = 0
 
+    def saved(self, t: torch.Tensor) -> tuple[int, int] | None:
+        """Autograd saves ``t`` for backward: an activation. Its storage's (key, bytes)."""
+        ref = self.ref_of(t)
+        if ref is None:
+            ref = self.ensure(t)
+            if ref is None:
+                return None
+        if ref.category == OTHER:
+            self.recategorise(ref, ACTIVATIONS)
+        return ref.key, ref.nbytes
+
+    def seq_of(self, key: int) -> int:
+        """The order of birth of the live storage ``key`` (-1: none): tells it from a newer one at
+        the same address."""
+        ref = self.refs.get(key)
+        return -1 if ref is None else ref.seq
+
+    def old_transient_items(self, min_bytes: int) -> list[tuple[int, int, int, int]]:
+        """(key, bytes, step, seq) of each old transient storage of at least ``min_bytes``."""
+        return [(k, r.nbytes, r.step, r.seq) for k, r in self.old_transient.items() if r.nbytes >= min_bytes]
+
+    def set_linger(self, keys: list[int]) -> None:
+        """The lingering candidates whose death to note (:meth:`linger_index`)."""
+        self.linger_free = {k: -1 for k in keys}
+
+    def linger_index(self, key: int) -> int:
+        """How many falls this step had when candidate ``key`` died; -1: alive, or not a candidate."""
+        return self.linger_free.get(key, -1)
+
     def breakdown(self, at_peak: bool = True) -> dict[Category, int]:
         values = self.peak_cat if at_peak else self.cat
         return {c: values[i] for i, c in enumerate(CATEGORIES)}
@@ -444,4 +452,4 @@ class StorageTracker(TorchDispatchMode):
 
 # Storages die anywhere, compiled code included: never let dynamo trace the bookkeeping.
 _skip_dynamo(StorageTracker._on_free.__code__)
-_skip_dynamo(StorageTracker.seen.__code__)
+_skip_dynamo(StorageTracker.ensure.__code__)
