@@ -48,8 +48,8 @@ def _no_site(self: Any) -> int:
     return -1  # the op hook still calls Python for each large storage; no frame is walked
 
 
-def _pack_plain(self: Any, t: torch.Tensor) -> torch.Tensor:
-    return t.detach()
+def _pack_plain(self: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    return torch.Tensor.detach
 
 
 def _never(self: Any, rec: Any) -> bool:
@@ -65,7 +65,7 @@ VARIANTS: dict[str, tuple[str, list[Patch]]] = {
     "sites": ("no user line for large storages (the op hook still calls Python for each)",
               [(native.NativeTracker, "_site_of_op", _no_site)]),
     "pack": ("saved tensors not categorised nor charged to modules (the hook stays, as a plain detach)",
-             [(modules.ModuleCollector, "_pack", _pack_plain)]),
+             [(modules.ModuleCollector, "_pack_hook", _pack_plain)]),
     "census": ("no census of the user's variables", [(Session, "_diagnosis_due", _never)]),
     "record": ("no per-step record (census included)", [(Session, "_record_iteration", _noop)]),
     "forward": ("no forward-pass marks on the model's output", [(graphs.ForwardTracker, "watch", _no_watch)]),

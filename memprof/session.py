@@ -24,6 +24,7 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field
+from itertools import chain
 from types import FrameType
 from typing import Any
 
@@ -414,8 +415,8 @@ class Session:
         # The same parameter and state tensors as last time (the common case, with state updated
         # in place, as torch's optimizers do) are categorised already. A storage swapped under the same
         # tensor object (`p.data = ...`) waits for the next sampled step.
-        tensors = [id(p) for group in opt.param_groups for p in group["params"]]
-        tensors += [id(v) for state in opt.state.values() for v in state.values()]
+        tensors = list(map(id, chain.from_iterable(group["params"] for group in opt.param_groups)))
+        tensors += map(id, chain.from_iterable(state.values() for state in opt.state.values()))
         if self._opt_tensors.get(id(opt)) == tensors and not self._sampled_step():
             return
         self._opt_tensors[id(opt)] = tensors
@@ -492,8 +493,7 @@ class Session:
         try:
             record = ForwardRecord(module=call.name, site=call.site, step=self.index, phase=self.phase)
             if self.detail:
-                st = self.modules.stats.get(id(call.module))
-                record.saved_bytes = st._step_bytes if st is not None else 0
+                record.saved_bytes = self.tracker.saved_bytes_of(id(call.module))
             self.forwards.watch(output, record)
             self._live_after_call = self.tracker.live
         except Exception as e:
@@ -538,6 +538,7 @@ class Session:
     def _begin_iteration(self, index: int) -> None:
         self.index = index
         self.forwards.step = index
+        self.forwards.sample_sites = self._sampled_step()
         self._iter_t0 = time.perf_counter()
         self._iter_batch = None
         self._opt_in_iteration = False

@@ -96,7 +96,12 @@ struct Ledger : std::enable_shared_from_this<Ledger> {
   std::array<int64_t, kCategories> cat{}, peak_cat{};
   std::vector<std::pair<int64_t, int64_t>> local_peaks;  // (live, scaled_live) before each fall
   std::unordered_map<intptr_t, int64_t> linger_at;         // candidate key -> index into local_peaks at its death
-  int32_t module = 0;
+  int32_t module = 0;  // the innermost module running (an index into the Python tracker's names)
+  // The modules running, innermost last: (module key, name index). Saved storages are charged to
+  // each of them, once per step (saved_seen), in saved_bytes (module key -> bytes this step).
+  std::vector<std::pair<int64_t, int32_t>> modules;
+  std::unordered_map<int64_t, int64_t> saved_bytes;
+  std::set<std::pair<int64_t, intptr_t>> saved_seen;
   int64_t site_min_bytes = 16 * 1024;
   // Batch scaling (memprof.collect.storage.StorageTracker._scales): written by Python, rarely.
   int64_t batch = 0;
@@ -509,6 +514,32 @@ py::tuple touch(const std::shared_ptr<Ledger>& ledger, const at::Tensor& t, int 
   return py::make_tuple(key, nbytes, flags);
 }
 
+// The saved-tensor pack hook: autograd saves `t` for backward. Its storage is an activation (if
+// not already categorised), counted now if new (autograd saves an op's output before the op ends,
+// when the callback sees it), and charged to each module running, once per step. Returns what
+// autograd keeps: `t` detached (itself, it would hold its own graph node in a reference cycle).
+at::Tensor pack(const std::shared_ptr<Ledger>& ledger, const at::Tensor& t) {
+  try {
+    if (c10::StorageImpl* s = storage_of(t)) {
+      Ledger* l = ledger.get();
+      bool made = false, new_high = false;
+      Entry* e = find_or_add(l, s, t, OTHER, l->step, &made, &new_high);
+      {
+        std::lock_guard<SpinLock> g(l->mu);
+        if (e->category == OTHER) l->recategorise_locked(e, ACTIVATIONS, 0);
+        for (const auto& m : l->modules) {
+          if (l->saved_seen.emplace(m.first, e->key).second) l->saved_bytes[m.first] += e->nbytes;
+        }
+      }
+      // The Python parts through the installed callbacks: only this ledger's, while installed.
+      if (made && active_raw.load(std::memory_order_acquire) == l) python_parts(tls, l, e, t.storage(), new_high);
+    }
+  } catch (const std::exception&) {
+    ++errors;  // never break the user's forward
+  }
+  return t.detach();
+}
+
 // One entry as Python reads it, copied under the ledger's lock; made into Python objects out of it.
 struct View {
   intptr_t key;
@@ -582,6 +613,34 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         std::lock_guard<SpinLock> g(l.mu);
         return l.scales(shape);
       })
+      .def("pack", &pack, "the saved-tensor pack hook: count, categorise, charge to the modules running")
+      .def("enter_module", [](Ledger& l, int64_t key, int32_t name) {
+        std::lock_guard<SpinLock> g(l.mu);
+        l.modules.emplace_back(key, name);
+        l.module = name;
+      }, "a module starts (its key, its name's index): new storages are charged to it")
+      .def("leave_module", [](Ledger& l) {
+        std::lock_guard<SpinLock> g(l.mu);
+        if (!l.modules.empty()) l.modules.pop_back();
+        l.module = l.modules.empty() ? 0 : l.modules.back().second;
+      })
+      .def("clear_modules", [](Ledger& l) {
+        std::lock_guard<SpinLock> g(l.mu);
+        l.modules.clear();
+        l.module = 0;
+      })
+      .def("saved_bytes_of", [](Ledger& l, int64_t key) -> int64_t {
+        std::lock_guard<SpinLock> g(l.mu);
+        auto it = l.saved_bytes.find(key);
+        return it == l.saved_bytes.end() ? 0 : it->second;
+      }, "bytes saved for backward this step while module `key` ran")
+      .def("take_saved_bytes", [](Ledger& l) {
+        std::lock_guard<SpinLock> g(l.mu);
+        std::unordered_map<int64_t, int64_t> out;
+        out.swap(l.saved_bytes);
+        l.saved_seen.clear();
+        return out;
+      }, "this step's saved bytes per module key; the count restarts")
       .def("touch", &touch, py::arg("tensor"), py::arg("category"), py::arg("step"), py::arg("to") = -1,
            py::arg("only_from_mask") = 0)
       .def("set_site", [](Ledger& l, intptr_t key, int32_t site) {

@@ -1,10 +1,14 @@
 """Forward passes and their fate: backpropagated, retained, or dropped without a backward.
 
-Each root-module call whose output carries autograd history gets two marks on the output's
-``grad_fn``: a pre-hook that fires when a backward reaches it (and notes the user line of that
-backward call), and a sentinel object in ``grad_fn.metadata`` whose finalizer fires when the
-graph is destroyed. A graph destroyed without any backward was recorded for nothing: the mark of a
-forward pass that needed ``torch.no_grad()``.
+Each root-module call whose output carries autograd history gets a pre-hook on the output's
+``grad_fn``: it fires when a backward reaches it (and notes the user line of that backward call),
+and a weak reference to the hook function, which only the node holds, fires when the graph is
+destroyed. A graph destroyed without any backward was recorded for nothing: the mark of a forward
+pass that needed ``torch.no_grad()``.
+
+Known limitations:
+- With ``sample_sites`` off (``--detail full`` between its sampled steps), a backward's user line
+  is the one last looked up for the same model, not looked up again.
 """
 
 from __future__ import annotations
@@ -33,10 +37,6 @@ class ForwardRecord:
     node_key: int = 0
 
 
-class _Sentinel:
-    __slots__ = ("__weakref__",)
-
-
 class _SentinelRef(weakref.ref):  # type: ignore[type-arg]
     __slots__ = ("key", "record")
 
@@ -52,6 +52,10 @@ class ForwardTracker:
         self.step = 0
         self.enabled = True
         self._sentinels: dict[int, _SentinelRef] = {}  # the weak references that wait for graphs to die
+        # Where each model's last backward was called from, looked up when sample_sites is set
+        # (the session sets it on its sampled steps) and the first time; reused otherwise.
+        self.backward_sites: dict[str, tuple[str, int]] = {}
+        self.sample_sites = True
 
     def watch(self, output: Any, record: ForwardRecord) -> bool:
         """Mark the graph behind ``output``; False when it has no graph."""
@@ -62,13 +66,13 @@ class ForwardTracker:
         key = id(node)
         record.node_key = key
         self.by_node[key] = record
-        sentinel = _Sentinel()
-        node.metadata["memprof"] = sentinel
-        # A plain weak reference, kept until it fires (weakref.finalize's registry costs more).
-        ref = _SentinelRef(sentinel, self._on_sentinel)
+        prehook = self._make_prehook(record)
+        node.register_prehook(prehook)
+        # The node alone holds its pre-hook: the function dies with the graph, and a weak reference
+        # to it says when (a plain one: weakref.finalize's registry costs more).
+        ref = _SentinelRef(prehook, self._on_sentinel)
         ref.key, ref.record = key, record
         self._sentinels[id(ref)] = ref
-        node.register_prehook(self._make_prehook(record))
         return True
 
     def _on_sentinel(self, ref: _SentinelRef) -> None:
@@ -80,9 +84,12 @@ class ForwardTracker:
             if not record.backpropagated:
                 record.backpropagated = True
                 try:
-                    frame = user_frame(main_thread_frame())
-                    if frame is not None:
-                        record.backward_site = (frame.f_code.co_filename, frame.f_lineno)
+                    site = None if self.sample_sites else self.backward_sites.get(record.module)
+                    if site is None:
+                        frame = user_frame(main_thread_frame())
+                        if frame is not None:
+                            site = self.backward_sites[record.module] = (frame.f_code.co_filename, frame.f_lineno)
+                    record.backward_site = site
                     self.on_backward(record)
                 except Exception:
                     pass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,6 @@ if TYPE_CHECKING:
     from memprof.collect.native import NativeTracker
 
 _PLAIN = (torch.Tensor, nn.Parameter)
-_dispatch_depth = torch._C._len_torch_dispatch_stack
-_dispatch_mode_at = torch._C._get_dispatch_stack_at
-_no_dispatch = torch._C._DisableTorchDispatch
 
 
 def _subtree_gradient_bytes(root: nn.Module, totals: dict[int, int]) -> bool:
@@ -83,8 +80,6 @@ class ModuleStats:
     gradient_bytes: int = 0
     activation_bytes: int = 0  # the largest forward seen: saved-for-backward bytes, by storage
     calls: int = 0
-    _step_keys: set[int] = field(default_factory=set)
-    _step_bytes: int = 0
 
 
 @dataclass
@@ -219,7 +214,7 @@ class ModuleCollector:
             mm.register_module_forward_pre_hook(self._pre),
             mm.register_module_forward_hook(self._post, always_call=True),
         ]
-        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_hook(), self._unpack)
         self._saved_hooks.__enter__()
 
     def disable_detail(self) -> None:
@@ -236,7 +231,7 @@ class ModuleCollector:
                 pass
             self._saved_hooks = None
         self.stack.clear()
-        self.tracker.module = ""
+        self.tracker.clear_modules()
 
     def close(self) -> None:
         self.disable_detail()
@@ -354,33 +349,17 @@ class ModuleCollector:
                 self.modules[key] = module
         st.calls += 1
         self.stack.append(st)
-        self.tracker.module = st.name
+        self.tracker.enter_module(key, st.name)
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.stack and self.stack[-1].module_id == id(module):
             self.stack.pop()
-        self.tracker.module = self.stack[-1].name if self.stack else ""
+            self.tracker.leave_module()
 
     # -- saved tensors ---------------------------------------------------------------------------
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        try:
-            # Autograd saves an op's output before the op ends, and the op hook sees outputs when
-            # it ends (a dispatch mode, below autograd, has counted it already): saved() counts it.
-            found = self.tracker.saved(t)
-            if found is not None:
-                key, n = found
-                for st in self.stack:
-                    if key not in st._step_keys:
-                        st._step_keys.add(key)
-                        st._step_bytes += n
-        except Exception:  # never break the user's forward
-            pass
-        if self.tracker.feed == "dispatch" and type(t) in _PLAIN and _dispatch_depth() == 1 and _dispatch_mode_at(0) is self.tracker:
-            # Only memprof's tracker would see this detach, and an alias needs no counting: skip
-            # the trip through Python dispatch (a microsecond per saved tensor).
-            with _no_dispatch():
-                return t.detach()
-        return t.detach()
+    def _pack_hook(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The tracker's: it counts saved storages and charges them to the modules running."""
+        return self.tracker.pack
 
     @staticmethod
     def _unpack(t: torch.Tensor) -> torch.Tensor:
@@ -389,12 +368,11 @@ class ModuleCollector:
     # -- per step ----------------------------------------------------------------------------------
     def end_step(self) -> None:
         """Fold this step's saved bytes into each module's maximum."""
-        for st in self.stats.values():
-            if st._step_bytes > st.activation_bytes:
-                st.activation_bytes = st._step_bytes
-            if st._step_keys:  # most modules save nothing: no new set for them
-                st._step_keys = set()
-            st._step_bytes = 0
+        stats = self.stats
+        for key, n in self.tracker.take_saved_bytes().items():
+            st = stats.get(key)
+            if st is not None and n > st.activation_bytes:
+                st.activation_bytes = n
 
     def record_gradients(self) -> None:
         """Each module's gradient bytes (its parameters' and its submodules'), the largest seen."""

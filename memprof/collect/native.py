@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from memprof.collect.sites import _cache as _user_files
 from memprof.collect.sites import is_user_file
 from memprof.collect.storage import ACTIVATIONS, OTHER, PERSISTENT, PRE_LOOP
 from memprof.report.model import CATEGORIES, Category
@@ -69,7 +70,8 @@ class NativeTracker:
         self._site_index: dict[tuple[str, int] | None, int] = {}
         self._module_names: list[str] = [""]
         self._module_index: dict[str, int] = {"": 0}
-        self._module = ""
+        # The saved-tensor pack hook, all in C++ (autograd calls it with no Python frame).
+        self.pack: Callable[[torch.Tensor], torch.Tensor] = self._ledger.pack
         self._watches: dict[int, _DeathWatch] = {}  # key -> weak reference, for storages not marked
         self._on_watch_death = self._watch_died
         self.limit: int | None = None  # never set here: --memory-limit runs the Python tracker
@@ -109,9 +111,13 @@ class NativeTracker:
         return self._site_id(sys._getframe(1))
 
     def _site_id(self, f: Any) -> int:
+        known = _user_files  # is_user_file's cache, read inline: a walk passes ~10 frames
         while f is not None:
             fn = f.f_code.co_filename
-            if is_user_file(fn):
+            user = known.get(fn)
+            if user is None:
+                user = is_user_file(fn)
+            if user:
                 site: tuple[str, int] | None = (fn, f.f_lineno)
                 break
             f = f.f_back
@@ -169,6 +175,28 @@ class NativeTracker:
         key, n, flags = self._ledger.touch(t, category, self._step, category, mask)
         if flags:
             self._fresh(t, key, n, flags)
+
+    def enter_module(self, key: int, name: str) -> None:
+        """A module starts: new storages are charged to it, saved ones to it and its callers."""
+        i = self._module_index.get(name)
+        if i is None:
+            i = self._module_index[name] = len(self._module_names)
+            self._module_names.append(name)
+        self._ledger.enter_module(key, i)
+
+    def leave_module(self) -> None:
+        self._ledger.leave_module()
+
+    def clear_modules(self) -> None:
+        self._ledger.clear_modules()
+
+    def saved_bytes_of(self, key: int) -> int:
+        """Bytes saved for backward this step while module ``key`` ran."""
+        return int(self._ledger.saved_bytes_of(key))
+
+    def take_saved_bytes(self) -> dict[int, int]:
+        """This step's saved bytes per module key; the count restarts."""
+        return dict(self._ledger.take_saved_bytes())
 
     def saved(self, t: torch.Tensor) -> tuple[int, int] | None:
         """Autograd saves ``t`` for backward: an activation. Its storage's (key, bytes)."""
@@ -245,12 +273,11 @@ class NativeTracker:
     # -- the ledger's figures ----------------------------------------------------------------------
     @property
     def module(self) -> str:
-        return self._module
+        return self._module_names[self._ledger.module]
 
     @module.setter
     def module(self, name: str) -> None:
         """The innermost module running: new storages are charged to it."""
-        self._module = name
         i = self._module_index.get(name)
         if i is None:
             i = self._module_index[name] = len(self._module_names)

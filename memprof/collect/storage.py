@@ -40,6 +40,10 @@ PRE_LOOP = -1  # the step index of storages created before the first iteration
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
+_PLAIN = (_Tensor, _Parameter)
+_dispatch_depth = torch._C._len_torch_dispatch_stack
+_dispatch_mode_at = torch._C._get_dispatch_stack_at
+_no_dispatch = torch._C._DisableTorchDispatch
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
 
 
@@ -133,6 +137,9 @@ class StorageTracker(TorchDispatchMode):
         self.step_peak = 0
         self.seq = 0
         self.module = ""  # the innermost module running (set by the module collector)
+        self._modules: list[tuple[int, str]] = []  # the modules running, innermost last: (key, name)
+        self._saved_bytes: dict[int, int] = {}  # module key -> bytes saved for backward this step
+        self._saved_seen: set[tuple[int, int]] = set()  # (module key, storage key) charged this step
         self.site_min_bytes = 16 * 1024  # below this, the creating line is not looked up
         self.limit: int | None = None  # --memory-limit on CPU: raise past this many bytes
         self.limit_device: str | None = None
@@ -423,6 +430,53 @@ class StorageTracker(TorchDispatchMode):
         if ref.category == OTHER:
             self.recategorise(ref, ACTIVATIONS)
         return ref.key, ref.nbytes
+
+    # -- modules and the saved-tensor hook -------------------------------------------------------
+    def enter_module(self, key: int, name: str) -> None:
+        """A module starts: new storages are charged to it, saved ones to it and its callers."""
+        self._modules.append((key, name))
+        self.module = name
+
+    def leave_module(self) -> None:
+        if self._modules:
+            self._modules.pop()
+        self.module = self._modules[-1][1] if self._modules else ""
+
+    def clear_modules(self) -> None:
+        self._modules.clear()
+        self.module = ""
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """The saved-tensor pack hook: ``t``'s storage is an activation, counted now if new (autograd
+        saves an op's output before the op ends), charged once per step to each module running.
+        Returns ``t`` detached: itself, it would hold its own graph node in a reference cycle."""
+        try:
+            found = self.saved(t)
+            if found is not None:
+                key, n = found
+                seen, saved = self._saved_seen, self._saved_bytes
+                for m, _ in self._modules:
+                    if (m, key) not in seen:
+                        seen.add((m, key))
+                        saved[m] = saved.get(m, 0) + n
+        except Exception:  # never break the user's forward
+            pass
+        if type(t) in _PLAIN and _dispatch_depth() == 1 and _dispatch_mode_at(0) is self:
+            # Only this tracker would see this detach, and an alias needs no counting: skip the
+            # trip through Python dispatch (a microsecond per saved tensor).
+            with _no_dispatch():
+                return t.detach()
+        return t.detach()
+
+    def saved_bytes_of(self, key: int) -> int:
+        """Bytes saved for backward this step while module ``key`` ran."""
+        return self._saved_bytes.get(key, 0)
+
+    def take_saved_bytes(self) -> dict[int, int]:
+        """This step's saved bytes per module key; the count restarts."""
+        out, self._saved_bytes = self._saved_bytes, {}
+        self._saved_seen = set()
+        return out
 
     def seq_of(self, key: int) -> int:
         """The order of birth of the live storage ``key`` (-1: none): tells it from a newer one at
