@@ -17,6 +17,7 @@ the report, never an exception in the user's code.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import sys
 import threading
@@ -24,7 +25,6 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass, field
-from itertools import chain
 from types import FrameType
 from typing import Any
 
@@ -74,6 +74,7 @@ from memprof.report.model import (
 WATCH_MARGIN_BYTES = 256 * 1024
 LINGER_MIN_SHARE = 0.04  # old storages below this share of live memory are not worth naming
 FULL_DETAIL_PERIOD = 16  # --detail full: the census and other slow looks every this many iterations
+CENSUS_SHARE = 0.01  # --detail full: sampled censuses rarer where each would cost more of a step than this
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Session:
         self._root_calls = 0
         self._opt_in_iteration = False  # an optimizer (any) stepped in the open iteration
         self._last_diagnosed: IterationRecord | None = None  # the last iteration with a census
+        self._next_census = 0  # --detail full: the index from which a census is due again (_census_sampled)
         self._opt_tensors: dict[int, list[int]] = {}  # id(optimizer) -> ids of its parameters and state
         self._live_after_call = 0
         self._next_check = 0.0
@@ -181,6 +183,7 @@ class Session:
         self._handles.append(register_optimizer_step_post_hook(self._guard(self._on_opt_post)))
         self._choose_tracker()
         self.tracker.peak_watch = self._on_peak_watch
+        self.tracker.peak_watch_share = LINGER_MIN_SHARE  # below it _on_peak_watch names nothing: not called
         self.tracker.on_over_limit = lambda n: self.capture_oom(n, "memory-limit")
         self.cuda.on_oom = lambda ev: self.capture_oom(ev.requested_bytes, "cuda")
         self._adopt_existing()
@@ -343,10 +346,7 @@ class Session:
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.detail:
             self._keep_optimizer(opt)
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self.tracker.set_category(p.grad, GRADIENTS)
+            self.tracker.set_categories([p.grad for group in opt.param_groups for p in group["params"]], GRADIENTS)
             if self._sampled_step():  # each module's largest gradient bytes: a maximum, sampled
                 self.modules.record_gradients()
 
@@ -415,8 +415,8 @@ class Session:
         # The same parameter and state tensors as last time (the common case, with state updated
         # in place, as torch's optimizers do) are categorised already. A storage swapped under the same
         # tensor object (`p.data = ...`) waits for the next sampled step.
-        tensors = list(map(id, chain.from_iterable(group["params"] for group in opt.param_groups)))
-        tensors += map(id, chain.from_iterable(state.values() for state in opt.state.values()))
+        tensors = [id(p) for group in opt.param_groups for p in group["params"]]
+        tensors += [id(v) for state in opt.state.values() for v in state.values()]
         if self._opt_tensors.get(id(opt)) == tensors and not self._sampled_step():
             return
         self._opt_tensors[id(opt)] = tensors
@@ -538,7 +538,7 @@ class Session:
     def _begin_iteration(self, index: int) -> None:
         self.index = index
         self.forwards.step = index
-        self.forwards.sample_sites = self._sampled_step()
+        self.forwards.sample_sites = self.tracker.sample_sites = self._sampled_step()
         self._iter_t0 = time.perf_counter()
         self._iter_batch = None
         self._opt_in_iteration = False
@@ -595,9 +595,15 @@ class Session:
                 self._categorise_optimizers()
             rec.lingering = self._resolve_lingering()
             if self._diagnosis_due(rec):
+                t0 = time.perf_counter()
                 rec.variables = census(frame, max_frames=16, forward_keys=set(self.forwards.by_node), step=self.index)
                 self.doctor.observe(rec, self.forwards.by_node)
                 self._last_diagnosed = rec
+                # The next sampled census: every FULL_DETAIL_PERIOD-th step, fewer where a census
+                # costs more than CENSUS_SHARE of a step's time (never fewer than every 256th).
+                took, step_time = time.perf_counter() - t0, max(rec.seconds, 1e-6)
+                period = min(256, max(FULL_DETAIL_PERIOD, math.ceil(took / (CENSUS_SHARE * step_time))))
+                self._next_census = self.index - self.index % FULL_DETAIL_PERIOD + period
             self._last_detailed = rec
             if phase == "train" and self.config.advise and not hasattr(self, "_advisor_replays"):
                 # The advisor's replays of the training step on fake tensors (no memory), made now
@@ -616,6 +622,12 @@ class Session:
                     self.stopped = stopped
         self.iterations.append(rec)
 
+    def _census_sampled(self) -> bool:
+        """A sampled step for the census: as :meth:`_sampled_step`, but with ``--detail full`` at
+        most CENSUS_SHARE of the run's time goes to it (``_next_census``, set after each census)."""
+        i = self.index
+        return self.config.detail != "full" or i < self.config.detail_steps or i >= self._next_census
+
     def _diagnosis_due(self, rec: IterationRecord) -> bool:
         """Whether this detailed iteration gets a census of the user's variables and the doctor.
 
@@ -626,8 +638,10 @@ class Session:
         lingering tensors changed since the last census, and while a graph from an earlier
         iteration is alive (a kept history holds no new bytes).
         """
+        # Sampled: the first detail_steps, then every FULL_DETAIL_PERIOD-th iteration, or rarer
+        # where that would cost over CENSUS_SHARE of the run (_record_iteration times each census).
         last = self._last_diagnosed
-        if (self._sampled_step() or last is None or rec.end_bytes != last.end_bytes
+        if (self._census_sampled() or last is None or rec.end_bytes != last.end_bytes
                 or rec.phase != last.phase or rec.lingering or last.lingering):
             return True
         index = rec.index

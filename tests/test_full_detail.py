@@ -48,7 +48,9 @@ def census_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_a_quiet_run_is_measured_every_step_and_censused_on_the_schedule(census_calls: list[int]) -> None:
+def test_a_quiet_run_is_measured_every_step_and_censused_on_the_schedule(census_calls: list[int],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "CENSUS_SHARE", 1.0)  # a census costs less than a step: every 16th
     with memprof.track(detail="full") as s:
         _loop(64, None, "")
     report = s.report
@@ -58,6 +60,15 @@ def test_a_quiet_run_is_measured_every_step_and_censused_on_the_schedule(census_
     # the first 10 iterations, then the multiples of 16 (and the odd change at the start)
     assert 10 + 3 <= len(census_calls) <= 10 + 3 + 4, census_calls
     assert {16, 32, 48} <= set(census_calls)
+
+
+def test_where_a_census_costs_much_of_a_step_the_sampled_ones_are_rarer(census_calls: list[int],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "CENSUS_SHARE", 1e-9)  # any census is too dear: every 256th
+    with memprof.track(detail="full") as s:
+        _loop(64, None, "")
+    assert s.report is not None and all(step.detailed for step in s.report.steps)
+    assert not {16, 32, 48} & set(census_calls) and 10 <= len(census_calls) <= 10 + 3, census_calls
 
 
 @pytest.mark.parametrize("kind, variable", [("append", "history"), ("add", "total")])

@@ -163,3 +163,27 @@ def test_records_name_the_line_module_shape_and_dtype(make_tracker: Any) -> None
     ref = tr.ref_of(big)
     assert ref is not None and ref.key == big.untyped_storage()._cdata and ref.seq < refs[12].seq
     del big, small
+
+
+def test_categories_for_a_list_of_tensors_and_modules_charged_for_what_they_save(make_tracker: Any) -> None:
+    tr = make_tracker()
+    early = torch.ones(25)  # made before: counted when categorised
+    with tr:
+        g1, g2 = torch.ones(10), torch.ones(20)
+        tr.set_categories([g1, None, g2, early], GRADIENTS)
+        assert tr.cat[GRADIENTS] == 40 + 80 + 100 and tr.cat[OTHER] == 0
+        tr.enter_module(1, "model")
+        tr.enter_module(2, "model.fc")
+        x = torch.ones(100)  # 400 bytes, made inside model.fc
+        tr.pack(x)
+        tr.pack(x.view(10, 10))  # the same storage: charged once
+        tr.leave_module()
+        y = torch.ones(50)
+        tr.pack(y)
+        tr.leave_module()
+        assert tr.saved_bytes_of(2) == 400 and tr.saved_bytes_of(1) == 600 and tr.saved_bytes_of(3) == 0
+        assert tr.take_saved_bytes() == {1: 600, 2: 400} and tr.take_saved_bytes() == {}
+        assert tr.cat[ACTIVATIONS] == 600
+    refs = {r.nbytes: r for r in tr.live_refs()}
+    assert refs[400].module == "model.fc" and refs[200].module == "model" and refs[100].step == tr.step
+    del g1, g2, x, y

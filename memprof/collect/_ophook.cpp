@@ -35,6 +35,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <tuple>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -60,6 +62,27 @@ struct SpinLock {
   std::atomic_flag flag = ATOMIC_FLAG_INIT;
   void lock() { while (flag.test_and_set(std::memory_order_acquire)) {} }
   void unlock() { flag.clear(std::memory_order_release); }
+};
+
+// Pointers hash to themselves in libstdc++: mixed, or aligned addresses crowd a few buckets.
+inline size_t mix(uint64_t h) {
+  h *= 0x9E3779B97F4A7C15ULL;
+  return static_cast<size_t>(h ^ (h >> 29));
+}
+
+// Where a large storage was made, between sampled steps: the same op (name), at the same position
+// in the step (the op's index among the step's ops), making the same bytes as in an earlier step.
+struct SiteKey {
+  int64_t op_index;
+  const char* op;
+  int64_t nbytes;
+  bool operator==(const SiteKey& o) const { return op_index == o.op_index && op == o.op && nbytes == o.nbytes; }
+};
+struct SiteKeyHash {
+  size_t operator()(const SiteKey& k) const {
+    return mix(static_cast<uint64_t>(k.op_index) ^ (reinterpret_cast<uintptr_t>(k.op) << 11) ^
+               (static_cast<uint64_t>(k.nbytes) << 31));
+  }
 };
 
 struct Ledger;
@@ -92,6 +115,7 @@ struct Ledger : std::enable_shared_from_this<Ledger> {
   std::unordered_map<intptr_t, Entry*> live_entries;
   int64_t live = 0, peak = 0, peak_seq = 0, peak_step = 0, step = PRE_LOOP, step_peak = 0, seq = 0;
   int64_t scaled_live = 0, old_bytes = 0, peak_watch_at = 0;
+  double peak_watch_share = 0;  // old bytes below this share of live at the step's first high: no call
   bool rising = false;
   std::array<int64_t, kCategories> cat{}, peak_cat{};
   std::vector<std::pair<int64_t, int64_t>> local_peaks;  // (live, scaled_live) before each fall
@@ -103,6 +127,10 @@ struct Ledger : std::enable_shared_from_this<Ledger> {
   std::unordered_map<int64_t, int64_t> saved_bytes;
   std::set<std::pair<int64_t, intptr_t>> saved_seen;
   int64_t site_min_bytes = 16 * 1024;
+  // Sites between sampled steps: looked up in site_cache (see SiteKey) instead of asking Python.
+  bool sample_sites = true;
+  int64_t op_index = 0;  // ops seen this step
+  std::unordered_map<SiteKey, int32_t, SiteKeyHash> site_cache;
   // Batch scaling (memprof.collect.storage.StorageTracker._scales): written by Python, rarely.
   int64_t batch = 0;
   std::unordered_set<int64_t> fixed_numels;
@@ -144,7 +172,14 @@ struct Ledger : std::enable_shared_from_this<Ledger> {
         peak_step = e->step;
         peak_cat = cat;
       }
-      return live > peak_watch_at;
+      if (live <= peak_watch_at) return false;
+      if (peak_watch_at == 0 && static_cast<double>(old_bytes) < peak_watch_share * static_cast<double>(live)) {
+        // The step's first new high, and nothing old worth naming: disarmed until the next step
+        // without a call (old storages only die within a step, and the watch fires only higher).
+        peak_watch_at = INT64_MAX;
+        return false;
+      }
+      return true;
     }
     return false;
   }
@@ -283,7 +318,7 @@ PyObject* call_python(PyObject* fn, PyObject* const* args, size_t nargs) {
 
 struct PairHash {
   size_t operator()(const std::pair<const char*, const char*>& p) const {
-    return std::hash<const void*>()(p.first) ^ (std::hash<const void*>()(p.second) << 1);
+    return mix(reinterpret_cast<uintptr_t>(p.first) ^ (reinterpret_cast<uintptr_t>(p.second) << 7));
   }
 };
 
@@ -364,19 +399,36 @@ Entry* find_or_add(Ledger* ledger, c10::StorageImpl* s, const at::Tensor& t, int
 }
 
 // After a birth seen by the op hook: the Python parts (site, death watch, new high), with the GIL.
+// `op`: the op that made it (nullptr: a call from Python), for the site cache.
 void python_parts(ThreadState& ts, Ledger* ledger, Entry* e, const c10::Storage& storage,
-                  bool watch_new_high) {
-  const bool want_site = e->nbytes >= ledger->site_min_bytes && site_cb != nullptr;
+                  bool watch_new_high, const char* op = nullptr) {
+  bool want_site = e->nbytes >= ledger->site_min_bytes && site_cb != nullptr;
   const bool foreign = !e->marked;
   const bool new_high = watch_new_high && peak_cb != nullptr;
+  const SiteKey key{ledger->op_index, op, e->nbytes};
+  if (want_site && op != nullptr && !ledger->sample_sites) {
+    std::lock_guard<SpinLock> g(ledger->mu);
+    auto it = ledger->site_cache.find(key);
+    if (it != ledger->site_cache.end()) {
+      e->site = it->second;
+      want_site = false;
+    }
+  }
   if (!(want_site || foreign || new_high)) return;
   py::gil_scoped_acquire gil;
   ts.busy = true;
   if (want_site) {
     if (PyObject* r = call_python(site_cb, nullptr, 0)) {
       const long v = PyLong_AsLong(r);
-      if (v == -1 && PyErr_Occurred()) PyErr_Clear();
-      else e->site = static_cast<int32_t>(v);
+      if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+      } else {
+        e->site = static_cast<int32_t>(v);
+        if (op != nullptr) {
+          std::lock_guard<SpinLock> g(ledger->mu);
+          ledger->site_cache[key] = e->site;
+        }
+      }
       Py_DECREF(r);
     }
   }
@@ -402,7 +454,7 @@ void python_parts(ThreadState& ts, Ledger* ledger, Entry* e, const c10::Storage&
   ts.busy = false;
 }
 
-void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t) {
+void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t, const char* op) {
   if (!t.defined() || !t.has_storage()) return;
   const c10::Storage& storage = t.storage();
   c10::StorageImpl* s = storage.unsafeGetStorageImpl();
@@ -417,7 +469,7 @@ void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t) {
     ++errors;  // the sizes of an exotic tensor: not counted, and said (error_count)
     return;
   }
-  if (made) python_parts(ts, ledger, e, storage, new_high);
+  if (made) python_parts(ts, ledger, e, storage, new_high, op);
 }
 
 std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
@@ -438,14 +490,16 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
   // The Python tracker owns its ledger: uninstall clears this pointer, not the ledger.
   Ledger* ledger = active_raw.load(std::memory_order_acquire);
   if (ledger == nullptr) return;
+  ++ledger->op_index;  // a key of the site cache: no lock, a racing thread only costs a lookup
+  const char* op = fn.name();
   for (const c10::IValue& v : fn.outputs()) {
     if (v.isTensor()) {
-      see(ts, ledger, v.toTensor());
+      see(ts, ledger, v.toTensor(), op);
     } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorVector()) see(ts, ledger, t);
+      for (const at::Tensor& t : v.toTensorVector()) see(ts, ledger, t, op);
     } else if (v.isList()) {
       for (const c10::IValue& e : v.toListRef()) {
-        if (e.isTensor()) see(ts, ledger, e.toTensor());
+        if (e.isTensor()) see(ts, ledger, e.toTensor(), op);
       }
     }
   }
@@ -596,9 +650,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property("module",
           [](Ledger& l) { return l.module; },
           [](Ledger& l, int32_t m) { l.module = m; })
+      .def_property("sample_sites",
+          [](Ledger& l) { return l.sample_sites; },
+          [](Ledger& l, bool b) { l.sample_sites = b; },
+          "look up every large storage's line (else reuse the one of the same op in an earlier step)")
       .def_property("site_min_bytes",
           [](Ledger& l) { return l.site_min_bytes; },
           [](Ledger& l, int64_t n) { l.site_min_bytes = n; })
+      .def_property("peak_watch_share",
+          [](Ledger& l) { return l.peak_watch_share; },
+          [](Ledger& l, double x) { std::lock_guard<SpinLock> g(l.mu); l.peak_watch_share = x; })
       .def_property("peak_watch_at",
           [](Ledger& l) { return l.peak_watch_at; },
           [](Ledger& l, int64_t n) { std::lock_guard<SpinLock> g(l.mu); l.peak_watch_at = n; })
@@ -641,6 +702,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         l.saved_seen.clear();
         return out;
       }, "this step's saved bytes per module key; the count restarts")
+      .def("touch_all", [](const std::shared_ptr<Ledger>& ledger, const std::vector<std::optional<at::Tensor>>& ts,
+                            int category, int64_t step) {
+        // touch(t, category, step, category) for each tensor; (index, key, bytes, flags) of those made now.
+        std::vector<std::tuple<int64_t, intptr_t, int64_t, int>> made_now;
+        for (size_t i = 0; i < ts.size(); ++i) {
+          if (!ts[i].has_value()) continue;
+          c10::StorageImpl* s = storage_of(*ts[i]);
+          if (s == nullptr) continue;
+          bool made = false, new_high = false;
+          Entry* e = find_or_add(ledger.get(), s, *ts[i], category, step, &made, &new_high);
+          std::lock_guard<SpinLock> g(ledger->mu);
+          ledger->recategorise_locked(e, category, 0);
+          if (made) made_now.emplace_back(static_cast<int64_t>(i), e->key, e->nbytes, e->marked ? NEW : NEW | FOREIGN);
+        }
+        return made_now;
+      }, py::arg("tensors"), py::arg("category"), py::arg("step"))
       .def("touch", &touch, py::arg("tensor"), py::arg("category"), py::arg("step"), py::arg("to") = -1,
            py::arg("only_from_mask") = 0)
       .def("set_site", [](Ledger& l, intptr_t key, int32_t site) {
@@ -697,6 +774,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("begin_step", [](Ledger& l, int64_t step, int64_t min_old_bytes) {
         std::lock_guard<SpinLock> g(l.mu);
         l.step = step;
+        l.op_index = 0;
         l.step_peak = l.live;
         l.local_peaks.clear();
         l.rising = false;

@@ -13,6 +13,10 @@ lingering tensors): :meth:`live_refs` and :meth:`ref_of` make :class:`StorageInf
 
 Known limitations:
 - ``--memory-limit`` on CPU needs the Python tracker: only a dispatch mode raises inside an op.
+- With ``sample_sites`` off (``--detail full`` between its sampled steps), a large storage made by
+  an op gets the line found for the same op making the same bytes at the same position in an
+  earlier step (asking Python costs ~8 µs): a loop whose steps run the same ops from other lines
+  keeps the earlier lines until the next sampled step.
 - A storage stays marked (its deleter swapped) after the run: its death is then counted by nobody,
   and the swapped deleter frees it as the allocator would.
 """
@@ -72,6 +76,7 @@ class NativeTracker:
         self._module_index: dict[str, int] = {"": 0}
         # The saved-tensor pack hook, all in C++ (autograd calls it with no Python frame).
         self.pack: Callable[[torch.Tensor], torch.Tensor] = self._ledger.pack
+        self.leave_module: Callable[[], None] = self._ledger.leave_module  # a module ends
         self._watches: dict[int, _DeathWatch] = {}  # key -> weak reference, for storages not marked
         self._on_watch_death = self._watch_died
         self.limit: int | None = None  # never set here: --memory-limit runs the Python tracker
@@ -184,9 +189,6 @@ class NativeTracker:
             self._module_names.append(name)
         self._ledger.enter_module(key, i)
 
-    def leave_module(self) -> None:
-        self._ledger.leave_module()
-
     def clear_modules(self) -> None:
         self._ledger.clear_modules()
 
@@ -197,6 +199,18 @@ class NativeTracker:
     def take_saved_bytes(self) -> dict[int, int]:
         """This step's saved bytes per module key; the count restarts."""
         return dict(self._ledger.take_saved_bytes())
+
+    def set_categories(self, tensors: list[torch.Tensor | None], category: int) -> None:
+        """:meth:`set_category` for each tensor of a list (None: skipped), e.g. the gradients: one
+        call into C++ for them all."""
+        if category in PERSISTENT:
+            for t in tensors:
+                if t is not None and t.shape not in self._fixed_seen:
+                    self.set_category(t, category)
+        for i, key, n, flags in self._ledger.touch_all(tensors, category, self._step):
+            t = tensors[i]
+            if t is not None:
+                self._fresh(t, key, n, flags)
 
     def saved(self, t: torch.Tensor) -> tuple[int, int] | None:
         """Autograd saves ``t`` for backward: an activation. Its storage's (key, bytes)."""
@@ -294,12 +308,32 @@ class NativeTracker:
         self._ledger.step = s
 
     @property
+    def sample_sites(self) -> bool:
+        """Look up the user's line of every large storage (the session sets it on its sampled
+        steps); else reuse the line found for the same op at the same place in an earlier step."""
+        return bool(self._ledger.sample_sites)
+
+    @sample_sites.setter
+    def sample_sites(self, b: bool) -> None:
+        self._ledger.sample_sites = b
+
+    @property
     def site_min_bytes(self) -> int:
         return int(self._ledger.site_min_bytes)
 
     @site_min_bytes.setter
     def site_min_bytes(self, n: int) -> None:
         self._ledger.site_min_bytes = n
+
+    @property
+    def peak_watch_share(self) -> float:
+        """Old transient bytes below this share of live bytes at a step's first new high: the peak
+        watch is disarmed for the step without a call."""
+        return float(self._ledger.peak_watch_share)
+
+    @peak_watch_share.setter
+    def peak_watch_share(self, x: float) -> None:
+        self._ledger.peak_watch_share = x
 
     @property
     def peak_watch_at(self) -> int:
@@ -329,7 +363,9 @@ class NativeTracker:
 
     @property
     def local_peaks(self) -> list[tuple[int, int]]:
-        return [tuple(p) for p in self._ledger.local_peaks]  # type: ignore[misc]
+        """(live, scaled live) before each fall of this step (a new list of tuples, from C++)."""
+        peaks: list[tuple[int, int]] = self._ledger.local_peaks
+        return peaks
 
     def count(self) -> int:
         """Live storages in the ledger."""

@@ -141,6 +141,7 @@ class StorageTracker(TorchDispatchMode):
         self._saved_bytes: dict[int, int] = {}  # module key -> bytes saved for backward this step
         self._saved_seen: set[tuple[int, int]] = set()  # (module key, storage key) charged this step
         self.site_min_bytes = 16 * 1024  # below this, the creating line is not looked up
+        self.sample_sites = True  # the native tracker's setting; this one always looks the line up
         self.limit: int | None = None  # --memory-limit on CPU: raise past this many bytes
         self.limit_device: str | None = None
         # Batch scaling, for the advisor: bytes of storages whose size follows the batch.
@@ -160,6 +161,7 @@ class StorageTracker(TorchDispatchMode):
         self.linger_free: dict[int, int] = {}  # candidate key -> index into local_peaks at its free
         self.peak_watch: Callable[[int], None] | None = None
         self.peak_watch_at = 0
+        self.peak_watch_share = 0.0  # see add(): below this share of old bytes, no call at the first high
         self.oom_request: int | None = None
         self.on_over_limit: Callable[[int], None] | None = None
 
@@ -265,7 +267,12 @@ class StorageTracker(TorchDispatchMode):
                 self.peak_step = step
                 self.peak_cat = self.cat.copy()
             if self.peak_watch is not None and live > self.peak_watch_at:
-                self.peak_watch(live)
+                if self.peak_watch_at == 0 and self.old_transient_bytes < self.peak_watch_share * live:
+                    # The step's first new high, and nothing old worth naming: disarmed until the
+                    # next step without a call (old storages only die, the watch fires only higher).
+                    self.peak_watch_at = sys.maxsize
+                else:
+                    self.peak_watch(live)
         return ref
 
     def _on_free(self, ref: StorageRef) -> None:
@@ -387,6 +394,12 @@ class StorageTracker(TorchDispatchMode):
             self.ensure(t, category)
         else:
             self.recategorise(ref, category, only_from)
+
+    def set_categories(self, tensors: list[torch.Tensor | None], category: int) -> None:
+        """:meth:`set_category` for each tensor of a list (None: skipped), e.g. the gradients."""
+        for t in tensors:
+            if t is not None:
+                self.set_category(t, category)
 
     def recategorise(self, ref: StorageRef, category: int, only_from: tuple[int, ...] | None = None) -> None:
         """:meth:`set_category` for a storage already tracked."""
