@@ -48,6 +48,7 @@ from memprof.collect.storage import (
     PRE_LOOP,
     StorageRef,
     StorageTracker,
+    heap_in_use_bytes,
 )
 from memprof.collect.timeline import (
     IterationRecord,
@@ -74,6 +75,7 @@ from memprof.report.model import (
 WATCH_MARGIN_BYTES = 256 * 1024
 LINGER_MIN_SHARE = 0.04  # old storages below this share of live memory are not worth naming
 FULL_DETAIL_PERIOD = 16  # --detail full: the census and other slow looks every this many iterations
+PHASE_SAMPLED_STEPS = 3  # --detail full: iterations sampled after a change of phase
 CENSUS_SHARE = 0.01  # --detail full: sampled censuses rarer where each would cost more of a step than this
 
 
@@ -131,13 +133,17 @@ class Session:
         # Each model called since the last optimizer step -> (backwards seen at its call, call site).
         self._called_since_step: dict[int, tuple[int, tuple[int, int] | None]] = {}
         self._last_call_grad = True  # whether the last model call ran with autograd on
+        self._last_call_mode: tuple[bool, bool] | None = None  # (autograd on, module.training) of the last
         self._backwards = 0
         self._root_calls = 0
         self._opt_in_iteration = False  # an optimizer (any) stepped in the open iteration
         self._last_diagnosed: IterationRecord | None = None  # the last iteration with a census
+        self._sample_until = 0  # --detail full: iterations before this index are sampled (a new phase)
         self._next_census = 0  # --detail full: the index from which a census is due again (_census_sampled)
+        self._last_kept: weakref.ref[torch.optim.Optimizer] | None = None  # _keep_optimizer's last
         self._opt_tensors: dict[int, list[int]] = {}  # id(optimizer) -> ids of its parameters and state
         self._live_after_call = 0
+        self._root_saved: dict[int, int] = {}  # id(model) -> bytes its forward saved, last measured
         self._next_check = 0.0
         self._primary_opt: int | None = None
         self._optimizers: weakref.WeakValueDictionary[int, torch.optim.Optimizer] = weakref.WeakValueDictionary()
@@ -351,8 +357,12 @@ class Session:
                 self.modules.record_gradients()
 
     def _keep_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        last = self._last_kept
+        if last is not None and last() is opt:  # the common case: the optimizer of the last step
+            return
         if self._optimizers.get(id(opt)) is not opt:  # a weak dictionary: setting it at each step costs
             self._optimizers[id(opt)] = opt
+        self._last_kept = weakref.ref(opt)
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._opt_in_iteration = True
@@ -406,9 +416,11 @@ class Session:
 
     def _sampled_step(self) -> bool:
         """Where ``--detail full`` looks at what rarely changes (the full-detail steps of the
-        default mode always do): its first ``detail_steps`` iterations, then every 16th."""
+        default mode always do): its first ``detail_steps`` iterations, then every 16th, and the
+        first iterations of a new phase (training, evaluation)."""
         i = self.index
-        return self.config.detail != "full" or i < self.config.detail_steps or i % FULL_DETAIL_PERIOD == 0
+        return (self.config.detail != "full" or i < self.config.detail_steps or i % FULL_DETAIL_PERIOD == 0
+                or i < self._sample_until)
 
     def _categorise_optimizer(self, opt: torch.optim.Optimizer) -> None:
         tracker = self.tracker
@@ -482,6 +494,14 @@ class Session:
             self._step_since_root = False
             if torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"):
                 self._autocast_used = True
+            mode = (grad, module.training)
+            if mode != self._last_call_mode:
+                self._last_call_mode = mode
+                if self.detail and not self.modules.packing:
+                    # Another kind of call (training <-> evaluation): the saved tensors of this one
+                    # are not those of the sampled steps. Measured, not inferred, until the boundary.
+                    self.tracker.infer_saved = False
+                    self.modules.set_pack(True)
             return call
         except Exception as e:
             self._warn(f"internal error at a model call: {e!r}", tb=True)
@@ -493,7 +513,11 @@ class Session:
         try:
             record = ForwardRecord(module=call.name, site=call.site, step=self.index, phase=self.phase)
             if self.detail:
-                record.saved_bytes = self.tracker.saved_bytes_of(id(call.module))
+                key = id(call.module)
+                if self.modules.packing:
+                    record.saved_bytes = self._root_saved[key] = self.tracker.saved_bytes_of(key)
+                else:  # between sampled steps: what this model's forward saved on the last sampled one
+                    record.saved_bytes = self._root_saved.get(key, 0)
             self.forwards.watch(output, record)
             self._live_after_call = self.tracker.live
         except Exception as e:
@@ -538,7 +562,12 @@ class Session:
     def _begin_iteration(self, index: int) -> None:
         self.index = index
         self.forwards.step = index
-        self.forwards.sample_sites = self.tracker.sample_sites = self._sampled_step()
+        sampled = self._sampled_step()
+        self.forwards.sample_sites = self.tracker.sample_sites = sampled
+        # Between sampled steps the native tracker infers saved storages: the pack hook rests.
+        pack = sampled or not self.tracker.infers_saved
+        self.tracker.infer_saved = not pack
+        self.modules.set_pack(pack)
         self._iter_t0 = time.perf_counter()
         self._iter_batch = None
         self._opt_in_iteration = False
@@ -555,6 +584,8 @@ class Session:
         with self._lock:
             self._record_iteration(phase, frame)
             self._schedule(phase)
+            if phase != self.phase:  # a new phase: its next iterations are sampled
+                self._sample_until = self.index + 1 + PHASE_SAMPLED_STEPS
             self._begin_iteration(self.index + 1)
             self.phase = phase
         now = time.perf_counter()
@@ -645,7 +676,10 @@ class Session:
                 or rec.phase != last.phase or rec.lingering or last.lingering):
             return True
         index = rec.index
-        return any(r.step < index for r in self.forwards.by_node.values())
+        for r in self.forwards.by_node.values():
+            if r.step < index:
+                return True
+        return False
 
     def _resolve_lingering(self) -> list[LingeringCandidate]:
         """Old storages alive at a peak that died soon after: what dropping them earlier would save.
@@ -683,8 +717,6 @@ class Session:
 
     def _schedule(self, phase: str) -> None:
         """Decide whether the next iteration runs in detail."""
-        from memprof.collect.storage import heap_in_use_bytes
-
         cfg = self.config
         if cfg.detail == "off":
             self._set_detail(False)
@@ -945,7 +977,7 @@ class Session:
                 current_bytes=last.end_bytes if last else self.tracker.live,
                 peak_bytes=max(self.tracker.peak, self._run_peak_cuda), budget_bytes=self.config.budget_bytes,
                 device=device, peak_step=self.tracker.peak_step,
-                breakdown={c.value: self.tracker.peak_cat[i] for i, c in enumerate(CATEGORIES)},
+                breakdown=dict(zip((c.value for c in CATEGORIES), self.tracker.peak_cat, strict=True)),
                 samples=samples, step_marks=marks, report_path=self.config.report_path,
             )
             if report is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,7 +17,7 @@ from torch import nn
 
 from memprof.collect import ophook
 from memprof.collect.native import NativeTracker
-from memprof.collect.storage import ACTIVATIONS, PARAMETERS, StorageTracker
+from memprof.collect.storage import ACTIVATIONS, OTHER, PARAMETERS, StorageTracker
 from memprof.session import Session, SessionConfig
 from tests.conftest import run_memprof
 
@@ -198,7 +199,7 @@ def test_a_failed_build_says_why_and_the_tracker_falls_back(tmp_path: Path, monk
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["memory_bank.py", "loss_history.py", "lingering_logits.py"])
+@pytest.mark.parametrize("script", ["memory_bank.py", "loss_history.py", "lingering_logits.py", "eval_no_grad.py"])
 def test_whole_runs_agree_with_and_without_the_op_hook(hook: ModuleType, shared: Path, tmp_path: Path,
                                                       script: str, cache_dir: Path) -> None:
     """`memprof run --detail full`, same peak, breakdown, steps and findings from either feed."""
@@ -215,6 +216,38 @@ def test_whole_runs_agree_with_and_without_the_op_hook(hook: ModuleType, shared:
         ))
     assert results[0] == results[1]
     assert results[0][3], "each of these cases has findings"
+
+
+def _saved_per_step(tracker: Any, pack_steps: set[int], steps: int = 5) -> list[tuple[int, int]]:
+    """(activations, other) live after each step of a loop that keeps its outputs; the pack hook on
+    at ``pack_steps`` only, the native tracker inferring saved storages at the others. Step 3 runs
+    under no_grad (nothing saved)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 16)
+    kept, out = [], []
+    tracker.start()
+    try:
+        for i in range(steps):
+            tracker.begin_step(i)
+            pack = i in pack_steps
+            tracker.infer_saved = not pack and getattr(tracker, "infers_saved", False)
+            grad = torch.enable_grad() if i != 3 else torch.no_grad()
+            with grad, torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t) if pack else nullcontext():
+                kept.append(lin(torch.randn(4, 8)).relu() * 2)  # addmm saves its input, mul saves the relu output
+            out.append((tracker.cat[ACTIVATIONS], tracker.cat[OTHER]))
+    finally:
+        tracker.stop()
+    return out
+
+
+def test_between_sampled_steps_the_ledger_infers_saved_storages_from_where_they_were_made(hook: ModuleType) -> None:
+    measured = _saved_per_step(StorageTracker(), set(range(5)))
+    inferred = _saved_per_step(NativeTracker(hook), {0})
+    assert inferred == measured
+    assert measured[2][0] > measured[1][0] > measured[0][0] and measured[3][0] == measured[2][0]  # no_grad: none
+    not_inferred = NativeTracker(hook)
+    assert _saved_per_step(not_inferred, {0}, steps=1) == measured[:1]
+    not_inferred.infer_saved = False
 
 
 class _Stop(BaseException):

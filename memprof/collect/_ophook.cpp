@@ -70,18 +70,21 @@ inline size_t mix(uint64_t h) {
   return static_cast<size_t>(h ^ (h >> 29));
 }
 
-// Where a large storage was made, between sampled steps: the same op (name), at the same position
-// in the step (the op's index among the step's ops), making the same bytes as in an earlier step.
+// Where a storage was made, to recognise it between sampled steps: the same op (name), at the same
+// position in the step (the op's index among the step's ops), as the same output, of the same bytes.
 struct SiteKey {
   int64_t op_index;
   const char* op;
   int64_t nbytes;
-  bool operator==(const SiteKey& o) const { return op_index == o.op_index && op == o.op && nbytes == o.nbytes; }
+  int32_t out;
+  bool operator==(const SiteKey& o) const {
+    return op_index == o.op_index && op == o.op && nbytes == o.nbytes && out == o.out;
+  }
 };
 struct SiteKeyHash {
   size_t operator()(const SiteKey& k) const {
     return mix(static_cast<uint64_t>(k.op_index) ^ (reinterpret_cast<uintptr_t>(k.op) << 11) ^
-               (static_cast<uint64_t>(k.nbytes) << 31));
+               (static_cast<uint64_t>(k.nbytes) << 31) ^ (static_cast<uint64_t>(k.out) << 53));
   }
 };
 
@@ -96,6 +99,10 @@ struct Entry {
   int64_t step = 0;
   int32_t module = 0;
   int32_t site = -1;  // an index into the Python tracker's sites
+  int64_t birth_op = 0;        // the step's op index at its birth (see SiteKey)
+  const char* birth_name = nullptr;  // the op that made it
+  int32_t birth_out = -1;      // which of the op's outputs it is (-1: not known yet, saved before its op ended)
+  bool saved_pending = false;  // saved before its op ended: its key is noted when the op ends
   int8_t category = OTHER;
   int8_t dtype = 0;
   bool scaled = false;
@@ -131,6 +138,10 @@ struct Ledger : std::enable_shared_from_this<Ledger> {
   bool sample_sites = true;
   int64_t op_index = 0;  // ops seen this step
   std::unordered_map<SiteKey, int32_t, SiteKeyHash> site_cache;
+  // Saved tensors between sampled steps, where the pack hook is off: a storage born where one was
+  // saved on a sampled step (same op, same place in the step, same bytes) is an activation.
+  bool infer_saved = false;
+  std::unordered_set<SiteKey, SiteKeyHash> saved_births;
   // Batch scaling (memprof.collect.storage.StorageTracker._scales): written by Python, rarely.
   int64_t batch = 0;
   std::unordered_set<int64_t> fixed_numels;
@@ -327,6 +338,7 @@ struct ThreadState {
   bool busy = false;  // ops run by the Python callbacks themselves are not counted
   // Whether each op being run is opaque, and how many opaque ops enclose this point.
   std::vector<char> opaque_stack;
+  std::vector<const char*> op_stack;  // the ops being run, innermost last (for the saved-births cache)
   int opaque_depth = 0;
   // Keyed by the operator's name and overload strings, which live as long as the operator.
   std::unordered_map<std::pair<const char*, const char*>, bool, PairHash> opaque_cache;
@@ -360,7 +372,8 @@ void fill(Entry* e, c10::StorageImpl* s, const at::Tensor& t, int category, int6
 // Count `s` if new: the entry, and whether it was made now (`made`) and is a new high past the
 // peak watch's mark (`new_high`). Not marked when made: Python must watch its death.
 Entry* find_or_add(Ledger* ledger, c10::StorageImpl* s, const at::Tensor& t, int category,
-                   int64_t step, bool* made, bool* new_high) {
+                   int64_t step, bool* made, bool* new_high, int64_t birth_op = 0, const char* birth_name = nullptr,
+                   int32_t birth_out = -1) {
   *made = false;
   *new_high = false;
   Entry* e = marked_entry(s);
@@ -393,6 +406,16 @@ Entry* find_or_add(Ledger* ledger, c10::StorageImpl* s, const at::Tensor& t, int
   std::lock_guard<SpinLock> g(ledger->mu);
   fresh->module = ledger->module;
   if (category == OTHER && step != PRE_LOOP && ledger->batch > 0) fresh->scaled = ledger->scales(fresh->shape);
+  fresh->birth_op = birth_op;
+  fresh->birth_name = birth_name;
+  fresh->birth_out = birth_out;
+  fresh->saved_pending = false;
+  // Only where autograd records (not under no_grad or inference_mode) is anything saved.
+  if (category == OTHER && ledger->infer_saved && birth_name != nullptr && birth_out >= 0 &&
+      at::GradMode::is_enabled() && !c10::InferenceMode::is_enabled() &&
+      ledger->saved_births.count(SiteKey{birth_op, birth_name, fresh->nbytes, birth_out})) {
+    fresh->category = ACTIVATIONS;  // saved here on sampled steps (the scaling as an OTHER's)
+  }
   *new_high = ledger->add_locked(fresh);
   *made = true;
   return fresh;
@@ -401,11 +424,11 @@ Entry* find_or_add(Ledger* ledger, c10::StorageImpl* s, const at::Tensor& t, int
 // After a birth seen by the op hook: the Python parts (site, death watch, new high), with the GIL.
 // `op`: the op that made it (nullptr: a call from Python), for the site cache.
 void python_parts(ThreadState& ts, Ledger* ledger, Entry* e, const c10::Storage& storage,
-                  bool watch_new_high, const char* op = nullptr) {
+                  bool watch_new_high, const char* op = nullptr, int32_t out = 0) {
   bool want_site = e->nbytes >= ledger->site_min_bytes && site_cb != nullptr;
   const bool foreign = !e->marked;
   const bool new_high = watch_new_high && peak_cb != nullptr;
-  const SiteKey key{ledger->op_index, op, e->nbytes};
+  const SiteKey key{ledger->op_index, op, e->nbytes, out};
   if (want_site && op != nullptr && !ledger->sample_sites) {
     std::lock_guard<SpinLock> g(ledger->mu);
     auto it = ledger->site_cache.find(key);
@@ -454,28 +477,38 @@ void python_parts(ThreadState& ts, Ledger* ledger, Entry* e, const c10::Storage&
   ts.busy = false;
 }
 
-void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t, const char* op) {
+// Output `out` of op `op`, which just ended.
+void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t, const char* op, int32_t out) {
   if (!t.defined() || !t.has_storage()) return;
   const c10::Storage& storage = t.storage();
   c10::StorageImpl* s = storage.unsafeGetStorageImpl();
   if (s->nbytes() == 0 || s->device_type() == c10::DeviceType::Meta) return;
   // The common case, a view or an in-place op: a storage this ledger marked, found by its deleter.
   Entry* e = marked_entry(s);
-  if (e != nullptr && e->ledger.get() == ledger && e->key == reinterpret_cast<intptr_t>(s)) return;
+  if (e != nullptr && e->ledger.get() == ledger && e->key == reinterpret_cast<intptr_t>(s)) {
+    if (e->birth_out < 0 && e->birth_op == ledger->op_index && e->birth_name == op) {
+      // Made by this op and saved before it ended: now its output position is known.
+      std::lock_guard<SpinLock> g(ledger->mu);
+      e->birth_out = out;
+      if (e->saved_pending) ledger->saved_births.insert(SiteKey{e->birth_op, op, e->nbytes, out});
+    }
+    return;
+  }
   bool made = false, new_high = false;
   try {
-    e = find_or_add(ledger, s, t, OTHER, ledger->step, &made, &new_high);
+    e = find_or_add(ledger, s, t, OTHER, ledger->step, &made, &new_high, ledger->op_index, op, out);
   } catch (const std::exception&) {
     ++errors;  // the sizes of an exotic tensor: not counted, and said (error_count)
     return;
   }
-  if (made) python_parts(ts, ledger, e, storage, new_high, op);
+  if (made) python_parts(ts, ledger, e, storage, new_high, op, out);
 }
 
 std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
   ThreadState& ts = tls;
   const bool opaque = is_opaque(ts, fn);
   ts.opaque_stack.push_back(opaque);
+  ts.op_stack.push_back(fn.name());
   if (opaque) ++ts.opaque_depth;
   return nullptr;
 }
@@ -485,6 +518,7 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
   if (!ts.opaque_stack.empty()) {
     if (ts.opaque_stack.back()) --ts.opaque_depth;
     ts.opaque_stack.pop_back();
+    ts.op_stack.pop_back();
   }
   if (ts.busy || ts.opaque_depth > 0) return;
   // The Python tracker owns its ledger: uninstall clears this pointer, not the ledger.
@@ -492,14 +526,15 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
   if (ledger == nullptr) return;
   ++ledger->op_index;  // a key of the site cache: no lock, a racing thread only costs a lookup
   const char* op = fn.name();
+  int32_t out = 0;
   for (const c10::IValue& v : fn.outputs()) {
     if (v.isTensor()) {
-      see(ts, ledger, v.toTensor(), op);
+      see(ts, ledger, v.toTensor(), op, out++);
     } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorVector()) see(ts, ledger, t, op);
+      for (const at::Tensor& t : v.toTensorVector()) see(ts, ledger, t, op, out++);
     } else if (v.isList()) {
       for (const c10::IValue& e : v.toListRef()) {
-        if (e.isTensor()) see(ts, ledger, e.toTensor(), op);
+        if (e.isTensor()) see(ts, ledger, e.toTensor(), op, out++);
       }
     }
   }
@@ -577,10 +612,24 @@ at::Tensor pack(const std::shared_ptr<Ledger>& ledger, const at::Tensor& t) {
     if (c10::StorageImpl* s = storage_of(t)) {
       Ledger* l = ledger.get();
       bool made = false, new_high = false;
-      Entry* e = find_or_add(l, s, t, OTHER, l->step, &made, &new_high);
+      // Born here, before its op ends: its key is the one the callback would give it at the end.
+      ThreadState& ts = tls;
+      const char* running = ts.op_stack.empty() ? nullptr : ts.op_stack.back();
+      Entry* e = find_or_add(l, s, t, OTHER, l->step, &made, &new_high, l->op_index + 1, running);
       {
         std::lock_guard<SpinLock> g(l->mu);
-        if (e->category == OTHER) l->recategorise_locked(e, ACTIVATIONS, 0);
+        if (e->category == OTHER) {
+          l->recategorise_locked(e, ACTIVATIONS, 0);
+          // Born this step or at the end of the last (a loader's next batch): a position in the loop.
+          if (e->step >= l->step - 1 && e->birth_name != nullptr) {
+            if (l->saved_births.size() > 100000) l->saved_births.clear();  // a loop that never repeats
+            if (e->birth_out >= 0) {
+              l->saved_births.insert(SiteKey{e->birth_op, e->birth_name, e->nbytes, e->birth_out});
+            } else {
+              e->saved_pending = true;  // its op has not ended: noted then (see)
+            }
+          }
+        }
         for (const auto& m : l->modules) {
           if (l->saved_seen.emplace(m.first, e->key).second) l->saved_bytes[m.first] += e->nbytes;
         }
@@ -650,6 +699,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property("module",
           [](Ledger& l) { return l.module; },
           [](Ledger& l, int32_t m) { l.module = m; })
+      .def_property("infer_saved",
+          [](Ledger& l) { return l.infer_saved; },
+          [](Ledger& l, bool b) {
+            std::lock_guard<SpinLock> g(l.mu);
+            if (b && !l.infer_saved) {
+              // The pack hook stops: what the last step's end made where saved storages are made
+              // (a loader's next batch) would have been saved by this step. It is, by inference.
+              for (auto& kv : l.live_entries) {
+                Entry* e = kv.second;
+                if (e->category == OTHER && e->step >= l.step - 1 && e->birth_name != nullptr && e->birth_out >= 0 &&
+                    l.saved_births.count(SiteKey{e->birth_op, e->birth_name, e->nbytes, e->birth_out})) {
+                  l.recategorise_locked(e, ACTIVATIONS, 0);
+                }
+              }
+            }
+            l.infer_saved = b;
+          },
+          "the pack hook is off: storages born where saved ones were on sampled steps are activations")
       .def_property("sample_sites",
           [](Ledger& l) { return l.sample_sites; },
           [](Ledger& l, bool b) { l.sample_sites = b; },

@@ -214,8 +214,7 @@ class ModuleCollector:
             mm.register_module_forward_pre_hook(self._pre),
             mm.register_module_forward_hook(self._post, always_call=True),
         ]
-        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_hook(), self._unpack)
-        self._saved_hooks.__enter__()
+        self.set_pack(True)
 
     def disable_detail(self) -> None:
         if not self.detail:
@@ -224,12 +223,7 @@ class ModuleCollector:
         for h in self._global_handles:
             h.remove()
         self._global_handles = []
-        if self._saved_hooks is not None:
-            try:
-                self._saved_hooks.__exit__(None, None, None)
-            except RuntimeError:
-                pass
-            self._saved_hooks = None
+        self.set_pack(False)
         self.stack.clear()
         self.tracker.clear_modules()
 
@@ -238,6 +232,27 @@ class ModuleCollector:
         for h in self._root_handles:
             h.remove()
         self._root_handles = []
+
+    def set_pack(self, on: bool) -> None:
+        """The saved-tensor hook on or off (on only with detail). At step boundaries only: the hooks
+        are a stack, and a user's own saved-tensor hooks inside a step stay above memprof's."""
+        on = on and self.detail
+        if on == (self._saved_hooks is not None):
+            return
+        if on:
+            self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_hook(), self._unpack)
+            self._saved_hooks.__enter__()
+        else:
+            try:
+                self._saved_hooks.__exit__(None, None, None)
+            except RuntimeError:
+                pass
+            self._saved_hooks = None
+
+    @property
+    def packing(self) -> bool:
+        """Whether the saved-tensor hook is on: each module's saved bytes are measured this step."""
+        return self._saved_hooks is not None
 
     # -- roots -----------------------------------------------------------------------------------
     def _adopt_root(self, module: nn.Module, caller: Any) -> bool:

@@ -13,6 +13,10 @@ lingering tensors): :meth:`live_refs` and :meth:`ref_of` make :class:`StorageInf
 
 Known limitations:
 - ``--memory-limit`` on CPU needs the Python tracker: only a dispatch mode raises inside an op.
+- With ``infer_saved`` on (``--detail full`` between its sampled steps, where the saved-tensor hook
+  is off: it costs as much as the rest of the step's bookkeeping), a storage is an activation when
+  one made by the same op at the same place in the step was saved for backward on a sampled step;
+  each module's saved bytes are those of the sampled steps.
 - With ``sample_sites`` off (``--detail full`` between its sampled steps), a large storage made by
   an op gets the line found for the same op making the same bytes at the same position in an
   earlier step (asking Python costs ~8 µs): a loop whose steps run the same ops from other lines
@@ -306,6 +310,19 @@ class NativeTracker:
     def step(self, s: int) -> None:
         self._step = s  # read by each call from Python: kept here too
         self._ledger.step = s
+
+    # The pack hook may be off between sampled steps: the ledger infers saved storages meanwhile.
+    infers_saved = True
+
+    @property
+    def infer_saved(self) -> bool:
+        """The saved-tensor hook is off: a storage born where a saved one was born on a sampled step
+        (the same op, at the same place in the step, of the same bytes) is counted an activation."""
+        return bool(self._ledger.infer_saved)
+
+    @infer_saved.setter
+    def infer_saved(self, b: bool) -> None:
+        self._ledger.infer_saved = b
 
     @property
     def sample_sites(self) -> bool:

@@ -118,9 +118,13 @@ class StorageRef(weakref.ref):  # type: ignore[type-arg]
 class StorageTracker(TorchDispatchMode):
     """Counts live storage bytes; the session turns it on for detailed steps (:meth:`start`).
 
+    ``infers_saved`` False: it can't tell saved storages without its pack hook (the native one can).
+
     A ``TorchDispatchMode``, looking at every op's outputs in Python. ``--memory-limit`` on CPU
     needs it: only a dispatch mode can raise an out-of-memory from inside an op.
     """
+
+    infers_saved = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,6 +146,7 @@ class StorageTracker(TorchDispatchMode):
         self._saved_seen: set[tuple[int, int]] = set()  # (module key, storage key) charged this step
         self.site_min_bytes = 16 * 1024  # below this, the creating line is not looked up
         self.sample_sites = True  # the native tracker's setting; this one always looks the line up
+        self.infer_saved = False  # likewise: this one needs its pack hook at every step
         self.limit: int | None = None  # --memory-limit on CPU: raise past this many bytes
         self.limit_device: str | None = None
         # Batch scaling, for the advisor: bytes of storages whose size follows the batch.
