@@ -669,8 +669,6 @@ class Session:
         lingering tensors changed since the last census, and while a graph from an earlier
         iteration is alive (a kept history holds no new bytes).
         """
-        # Sampled: the first detail_steps, then every FULL_DETAIL_PERIOD-th iteration, or rarer
-        # where that would cost over CENSUS_SHARE of the run (_record_iteration times each census).
         last = self._last_diagnosed
         if (self._census_sampled() or last is None or rec.end_bytes != last.end_bytes
                 or rec.phase != last.phase or rec.lingering or last.lingering):

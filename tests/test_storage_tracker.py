@@ -135,15 +135,16 @@ def test_saved_tensors_become_activations_once(make_tracker: Any) -> None:
     w = torch.ones(10)
     with tr:
         x = torch.ones(100)
-        found = tr.saved(x)
-        assert found == (x.untyped_storage()._cdata, 400)
+        kept = tr.pack(x)
+        assert kept is not x and kept.untyped_storage()._cdata == x.untyped_storage()._cdata  # detached
         assert tr.cat[ACTIVATIONS] == 400 and tr.cat[OTHER] == 0
-        tr.saved(x.view(10, 10))
+        tr.pack(x.view(10, 10))
         assert tr.cat[ACTIVATIONS] == 400
         tr.set_category(w, PARAMETERS)
-        tr.saved(w)  # a parameter saved for backward stays a parameter
+        tr.pack(w)  # a parameter saved for backward stays a parameter
         assert tr.cat[PARAMETERS] == 40 and tr.cat[ACTIVATIONS] == 400
-    assert tr.saved(torch.empty(0)) is None
+        empty = torch.empty(0)
+        assert tr.pack(empty).numel() == 0 and tr.cat[ACTIVATIONS] == 400
 
 
 def test_records_name_the_line_module_shape_and_dtype(make_tracker: Any) -> None:

@@ -36,6 +36,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <pthread.h>
 #include <tuple>
 #include <set>
 #include <unordered_map>
@@ -114,10 +115,8 @@ struct Entry {
 
 c10::DeleterFnPtr cpu_deleter = nullptr;  // the default CPU allocator's, read from a fresh tensor
 void on_death(void* data);
-std::atomic<int64_t> ledger_serial{0};
 
 struct Ledger : std::enable_shared_from_this<Ledger> {
-  const int64_t id = ++ledger_serial;
   SpinLock mu;
   std::unordered_map<intptr_t, Entry*> live_entries;
   int64_t live = 0, peak = 0, peak_seq = 0, peak_step = 0, step = PRE_LOOP, step_peak = 0, seq = 0;
@@ -549,8 +548,18 @@ void set_callback(PyObject** slot, const py::object& fn) {
 // -- what Python calls ----------------------------------------------------------------------------
 
 // Count this thread's ops (and those of autograd's threads working for it) into `ledger`.
+// A forked child (a DataLoader worker) has one thread: a lock another thread held at the fork
+// would never be released there, and the child's first death would wait for it forever.
+void after_fork_in_child() {
+  registry_mu.unlock();
+  if (Ledger* l = active_raw.load()) l->mu.unlock();
+}
+
 void install(const std::shared_ptr<Ledger>& ledger, py::object site, py::object foreign, py::object peak) {
-  if (cpu_deleter == nullptr) cpu_deleter = at::empty({1}).storage().data_ptr().get_deleter();
+  if (cpu_deleter == nullptr) {
+    cpu_deleter = at::empty({1}).storage().data_ptr().get_deleter();
+    pthread_atfork(nullptr, nullptr, &after_fork_in_child);
+  }
   if (handle != 0) at::removeCallback(handle);
   active = ledger;
   active_raw.store(ledger.get(), std::memory_order_release);
@@ -737,10 +746,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         l.fixed_numels = std::unordered_set<int64_t>(numels.begin(), numels.end());
         l.fixed_shapes = std::set<std::vector<int64_t>>(sorted_shapes.begin(), sorted_shapes.end());
       }, "the batch size and the parameters' sizes (numels, sorted shapes) that batch scaling checks")
-      .def("scales", [](Ledger& l, std::vector<int64_t> shape) {
-        std::lock_guard<SpinLock> g(l.mu);
-        return l.scales(shape);
-      })
       .def("pack", &pack, "the saved-tensor pack hook: count, categorise, charge to the modules running")
       .def("enter_module", [](Ledger& l, int64_t key, int32_t name) {
         std::lock_guard<SpinLock> g(l.mu);
@@ -803,13 +808,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           l.remove_locked(e);
         }
         delete e;
-      })
-      .def("recategorise", [](Ledger& l, intptr_t key, int category, int only_from_mask) {
-        std::lock_guard<SpinLock> g(l.mu);
-        auto it = l.live_entries.find(key);
-        if (it == l.live_entries.end()) return false;
-        l.recategorise_locked(it->second, category, only_from_mask);
-        return true;
       })
       .def("seq_of", [](Ledger& l, intptr_t key) -> int64_t {
         std::lock_guard<SpinLock> g(l.mu);

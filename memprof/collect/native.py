@@ -37,7 +37,7 @@ import torch
 
 from memprof.collect.sites import _cache as _user_files
 from memprof.collect.sites import is_user_file
-from memprof.collect.storage import ACTIVATIONS, OTHER, PERSISTENT, PRE_LOOP
+from memprof.collect.storage import OTHER, PERSISTENT, PRE_LOOP
 from memprof.report.model import CATEGORIES, Category
 
 NEW, FOREIGN = 1, 2  # the flags of Ledger.touch
@@ -215,15 +215,6 @@ class NativeTracker:
             t = tensors[i]
             if t is not None:
                 self._fresh(t, key, n, flags)
-
-    def saved(self, t: torch.Tensor) -> tuple[int, int] | None:
-        """Autograd saves ``t`` for backward: an activation. Its storage's (key, bytes)."""
-        key, n, flags = self._ledger.touch(t, OTHER, self._step, ACTIVATIONS, _OTHER_ONLY)
-        if not n:
-            return None
-        if flags:
-            self._fresh(t, key, n, flags)
-        return key, n
 
     def ref_of(self, t: torch.Tensor) -> StorageInfo | None:
         try:

@@ -438,7 +438,7 @@ class StorageTracker(TorchDispatchMode):
         self.old_transient_bytes = sum(r.nbytes for r in old.values())
         self.peak_watch_at = 0
 
-    def saved(self, t: torch.Tensor) -> tuple[int, int] | None:
+    def _saved(self, t: torch.Tensor) -> tuple[int, int] | None:
         """Autograd saves ``t`` for backward: an activation. Its storage's (key, bytes)."""
         ref = self.ref_of(t)
         if ref is None:
@@ -469,7 +469,7 @@ class StorageTracker(TorchDispatchMode):
         saves an op's output before the op ends), charged once per step to each module running.
         Returns ``t`` detached: itself, it would hold its own graph node in a reference cycle."""
         try:
-            found = self.saved(t)
+            found = self._saved(t)
             if found is not None:
                 key, n = found
                 seen, saved = self._saved_seen, self._saved_bytes
