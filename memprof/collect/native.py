@@ -188,10 +188,15 @@ class NativeTracker:
     def enter_module(self, key: int, name: str) -> None:
         """A module starts: new storages are charged to it, saved ones to it and its callers."""
         i = self._module_index.get(name)
+        self._ledger.enter_module(key, self._module_id(name) if i is None else i)
+
+    def _module_id(self, name: str) -> int:
+        """The index the ledger knows module ``name`` by."""
+        i = self._module_index.get(name)
         if i is None:
             i = self._module_index[name] = len(self._module_names)
             self._module_names.append(name)
-        self._ledger.enter_module(key, i)
+        return i
 
     def clear_modules(self) -> None:
         self._ledger.clear_modules()
@@ -287,11 +292,7 @@ class NativeTracker:
     @module.setter
     def module(self, name: str) -> None:
         """The innermost module running: new storages are charged to it."""
-        i = self._module_index.get(name)
-        if i is None:
-            i = self._module_index[name] = len(self._module_names)
-            self._module_names.append(name)
-        self._ledger.module = i
+        self._ledger.module = self._module_id(name)
 
     @property
     def step(self) -> int:
