@@ -65,6 +65,12 @@ def _ledger_figure(name: str, doc: str) -> Any:
     return property(lambda self: int(getattr(self._ledger, name)), doc=doc)
 
 
+def _ledger_setting(name: str, kind: Callable[[Any], Any], doc: str) -> Any:
+    """A property read from and written to the ledger's setting ``name``, of type ``kind``."""
+    return property(lambda self: kind(getattr(self._ledger, name)),
+                    lambda self, value: setattr(self._ledger, name, value), doc=doc)
+
+
 class NativeTracker:
     """Counts live storage bytes in the op hook's C++ ledger; the session turns it on for detailed
     steps (:meth:`start`). The interface of :class:`memprof.collect.storage.StorageTracker`."""
@@ -307,50 +313,27 @@ class NativeTracker:
     infers_saved = True
 
     @property
-    def infer_saved(self) -> bool:
-        """The saved-tensor hook is off: a storage born where a saved one was born on a sampled step
-        (the same op, at the same place in the step, of the same bytes) is counted an activation."""
-        return bool(self._ledger.infer_saved)
-
-    @infer_saved.setter
-    def infer_saved(self, b: bool) -> None:
-        self._ledger.infer_saved = b
-
-    @property
-    def sample_sites(self) -> bool:
-        """Look up the user's line of every large storage (the session sets it on its sampled
-        steps); else reuse the line found for the same op at the same place in an earlier step."""
-        return bool(self._ledger.sample_sites)
-
-    @sample_sites.setter
-    def sample_sites(self, b: bool) -> None:
-        self._ledger.sample_sites = b
-
-    @property
-    def site_min_bytes(self) -> int:
-        return int(self._ledger.site_min_bytes)
-
-    @site_min_bytes.setter
-    def site_min_bytes(self, n: int) -> None:
-        self._ledger.site_min_bytes = n
-
-    @property
-    def peak_watch_share(self) -> float:
-        """Old transient bytes below this share of live bytes at a step's first new high: the peak
-        watch is disarmed for the step without a call."""
-        return float(self._ledger.peak_watch_share)
-
-    @peak_watch_share.setter
-    def peak_watch_share(self, x: float) -> None:
-        self._ledger.peak_watch_share = x
-
-    @property
     def peak_watch_at(self) -> int:
         return int(self._ledger.peak_watch_at)
 
     @peak_watch_at.setter
     def peak_watch_at(self, n: int) -> None:
         self._ledger.peak_watch_at = min(n, sys.maxsize)
+
+    # Settings the ledger reads at births (set from Python, rarely).
+    infer_saved = _ledger_setting(
+        "infer_saved", bool,
+        "The saved-tensor hook is off: a storage born where a saved one was born on a sampled step (the same op, "
+        "at the same place in the step, of the same bytes) is counted an activation.")
+    sample_sites = _ledger_setting(
+        "sample_sites", bool,
+        "Look up the user's line of every large storage (the session sets it on its sampled steps); else reuse "
+        "the line found for the same op at the same place in an earlier step.")
+    site_min_bytes = _ledger_setting("site_min_bytes", int, "below this, the creating line is not looked up")
+    peak_watch_share = _ledger_setting(
+        "peak_watch_share", float,
+        "Old transient bytes below this share of live bytes at a step's first new high: the peak watch is "
+        "disarmed for the step without a call.")
 
     # The ledger's sums, read from C++ (the GIL is held; the ledger's lock guards each read).
     live = _ledger_figure("live", "live storage bytes now")
