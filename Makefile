@@ -1,12 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv, installs memprof, profiles the bundled example
-#   make test   creates .venv, installs memprof with its dev tools, runs lint, types and tests
+#   make test   creates .venv, installs memprof with its dev tools, runs lint, types and the fast tier
+# `make test-slow` runs the slow tier (whole scripts, benchmark smoke runs, the C++ op hook's build);
+# CI (.ci/run) runs both.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest cases clean
+.PHONY: demo test test-slow lint typecheck pytest cases clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +29,9 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 cases: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python ../shared/tools/score_cases.py ../shared/cases

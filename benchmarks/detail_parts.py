@@ -36,6 +36,9 @@ from benchmarks.models import WORKLOADS, Trainer  # noqa: E402
 from benchmarks.overhead import timed_block  # noqa: E402
 from memprof.collect import graphs, modules, native, ophook  # noqa: E402
 from memprof.session import Session, SessionConfig  # noqa: E402
+from memprof.session.optimizers import Optimizers  # noqa: E402
+from memprof.session.schedule import Schedule  # noqa: E402
+from memprof.session.steps import Steps  # noqa: E402
 
 Patch = tuple[Any, str, Callable[..., Any]]
 
@@ -52,7 +55,7 @@ def _pack_plain(self: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return torch.Tensor.detach
 
 
-def _never(self: Any, rec: Any) -> bool:
+def _never(self: Any, *args: Any) -> bool:
     return False
 
 
@@ -66,10 +69,10 @@ VARIANTS: dict[str, tuple[str, list[Patch]]] = {
               [(native.NativeTracker, "_site_of_op", _no_site)]),
     "pack": ("saved tensors not categorised nor charged to modules (the hook stays, as a plain detach)",
              [(modules.ModuleCollector, "_pack_hook", _pack_plain)]),
-    "census": ("no census of the user's variables", [(Session, "_diagnosis_due", _never)]),
-    "record": ("no per-step record (census included)", [(Session, "_record_iteration", _noop)]),
+    "census": ("no census of the user's variables", [(Schedule, "diagnosis_due", _never)]),
+    "record": ("no per-step record (census included)", [(Steps, "record", _noop)]),
     "forward": ("no forward-pass marks on the model's output", [(graphs.ForwardTracker, "watch", _no_watch)]),
-    "opt_pre": ("gradients not categorised before the optimizer step", [(Session, "_on_opt_pre", _noop)]),
+    "opt_pre": ("gradients not categorised before the optimizer step", [(Optimizers, "before_step", _noop)]),
 }
 
 _FLOOR_SOURCE = r"""

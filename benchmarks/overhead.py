@@ -371,7 +371,7 @@ class ReportBuild:
 
 
 def measure_report(steps: int, log: Callable[[str], None]) -> ReportBuild:
-    from memprof.report.json_io import report_to_dict
+    from memprof.model.codec import report_to_dict
     from memprof.session import Session, SessionConfig
 
     trainer = WORKLOADS["tiny_mlp"].make()

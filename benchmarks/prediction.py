@@ -107,7 +107,7 @@ def measure(gt: Any, args: list[str]) -> int:
 
 def profile(args: list[str], budget: int | None = None, limit: int | None = None) -> Any:
     """memprof's session around one run of the script, as ``memprof run`` does; returns the session."""
-    from memprof.report.model import Status
+    from memprof.model import Status
     from memprof.session import Session, SessionConfig
 
     gc.collect()
@@ -125,8 +125,8 @@ def profile(args: list[str], budget: int | None = None, limit: int | None = None
 
 
 def run_config(gt: Any, name: str, args: list[str], targets: list[int], out: Results) -> None:
-    from memprof.advise.batch_size import batch_model
-    from memprof.advise.precision import AmpModel
+    from memprof.advise.batch_model import batch_model
+    from memprof.advise.mixed_precision import AmpModel
 
     truth = {b: measure(gt, [*args, "--batch-size", str(b)]) for b in sorted({*B0S, *targets})}
     for b0 in B0S:

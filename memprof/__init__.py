@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memprof._version import __version__
-from memprof.report.json_io import load_report
-from memprof.report.model import (
+from memprof.model import (
     Breakdown,
     Category,
     Finding,
@@ -21,13 +20,15 @@ from memprof.report.model import (
     Severity,
     Status,
 )
+from memprof.report.json_io import load_report
 
 if TYPE_CHECKING:
     from memprof.api import profile, track
+    from memprof.report.summary import render_summary
 
 __all__ = [
     "__version__", "track", "profile", "load_report", "Report", "Finding", "FindingKind", "Recommendation",
-    "RecommendationKind", "Severity", "Status", "Breakdown", "Category",
+    "RecommendationKind", "Severity", "Status", "Breakdown", "Category", "render_summary",
 ]
 
 
@@ -37,4 +38,8 @@ def __getattr__(name: str) -> Any:
         from memprof import api
 
         return getattr(api, name)
+    if name == "render_summary":  # the terminal summary of a report, as `memprof run` prints it
+        from memprof.report.summary import render_summary
+
+        return render_summary
     raise AttributeError(f"module 'memprof' has no attribute {name!r}")

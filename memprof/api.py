@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, overload
 
+from memprof.report.outputs import REPORTERS, write_outputs
 from memprof.session import Session, SessionConfig
+from memprof.units import parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,14 +25,18 @@ def track(
     detail_steps: int = 10,
     summary: bool = False,
     name: str | None = None,
+    **outputs: str | None,
 ) -> Iterator[Session]:
     """Profile the block: ``with memprof.track() as session: ...`` then ``session.report``.
 
-    ``json``/``html`` write the report when the block ends (also when it raises); ``summary``
-    prints the terminal summary to stderr. Sizes accept bytes or strings such as ``"8GiB"``.
+    ``json``/``html`` write the report when the block ends (also when it raises), as does any other
+    output of :data:`memprof.report.outputs.REPORTERS` by its name; ``summary`` prints the terminal
+    summary to stderr. Sizes accept bytes or strings such as ``"8GiB"``.
     """
-    from memprof.units import parse_size
-
+    paths = {"json": json, "html": html, **outputs}
+    unknown = sorted(set(paths) - {r.name for r in REPORTERS})
+    if unknown:
+        raise TypeError(f"track() got an unexpected keyword argument {unknown[0]!r}")
     frame = sys._getframe(2)
     script = name or frame.f_code.co_filename
     config = SessionConfig(
@@ -39,19 +45,12 @@ def track(
         memory_limit_bytes=parse_size(memory_limit) if isinstance(memory_limit, str) else memory_limit,
     )
     session = Session(config)
-    with session:
-        yield session
-    _write(session, json, html, summary)
-
-
-def _write(session: Session, json: str | None, html: str | None, summary: bool) -> None:
-    report = session.report
-    if report is None:
-        return
-    if json or html or summary:
-        from memprof.cli.run import write_outputs
-
-        write_outputs(report, json, html, quiet=not summary)
+    try:
+        with session:
+            yield session
+    finally:  # the report is written whatever happens in the block
+        if session.report is not None:
+            write_outputs(session.report, paths, summary=summary)
 
 
 @overload

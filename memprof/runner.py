@@ -21,7 +21,7 @@ from types import ModuleType, TracebackType
 from typing import Any
 
 from memprof.errors import MemprofError
-from memprof.report.model import Report, Status
+from memprof.model import Report, Status
 
 
 class _Terminated(BaseException):

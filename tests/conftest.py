@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
 
-from memprof.collect import ophook
-from memprof.live.channel import ENV_DIR, ENV_SOCKET
+from memprof.live.paths import ENV_DIR, ENV_SOCKET
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -72,46 +68,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _op_hook_off(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests run the tracker's Python dispatch mode unless they ask for the C++ op hook
-    (tests/test_ophook.py): which feed runs must not depend on the order of the tests."""
+    (tests/collect/test_ophook.py): which feed runs must not depend on the order of the tests."""
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(cache_dir))
     if "MEMPROF_OPHOOK" not in os.environ:
         monkeypatch.setenv("MEMPROF_OPHOOK", "0")
-
-
-needs_compiler = pytest.mark.skipif(
-    shutil.which(os.environ.get("CXX", "c++")) is None or shutil.which("ninja") is None,
-    reason="no C++ compiler or ninja: memprof runs its Python tracker instead",
-)
-
-
-@pytest.fixture(scope="session")
-def hook(cache_dir: Path) -> ModuleType:
-    """The op hook, built into the tests' cache (about half a minute, once per test run). The
-    environment is put back at once: other tests keep the Python tracker (``_op_hook_off``)."""
-    if shutil.which(os.environ.get("CXX", "c++")) is None or shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or ninja: memprof runs its Python tracker instead")
-    saved = {k: os.environ.get(k) for k in ("MEMPROF_CACHE_DIR", "MEMPROF_OPHOOK")}
-    os.environ["MEMPROF_CACHE_DIR"] = str(cache_dir)
-    os.environ["MEMPROF_OPHOOK"] = "auto"
-    try:
-        module = ophook.load(build=True)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    assert module is not None, f"the op hook did not build: {ophook.failure()}"
-    return module
-
-
-@pytest.fixture(params=["python", "native"])
-def make_tracker(request: pytest.FixtureRequest) -> Any:
-    """Makes a tracker of each kind: Python's (a dispatch mode) and the op hook's C++ ledger."""
-    from memprof.collect.native import NativeTracker
-    from memprof.collect.storage import StorageTracker
-
-    if request.param == "python":
-        return StorageTracker
-    module = request.getfixturevalue("hook")
-    return lambda: NativeTracker(module)

@@ -2,19 +2,23 @@
 
 ``make_report()`` is a fully populated training run with findings of every severity;
 ``make_clean_report()``, ``make_oom_report()`` and ``make_distributed_report()`` are variants.
-Every factory takes keyword overrides of :class:`memprof.report.model.Report` fields.
+Every factory takes keyword overrides of :class:`memprof.model.Report` fields.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from memprof.report.model import (
+from memprof.model import (
+    AdvisorModel,
     Breakdown,
+    Budget,
+    CudaStats,
     DeviceInfo,
     Finding,
     FindingKind,
     ModuleRecord,
+    OomReport,
     RankReport,
     Recommendation,
     RecommendationKind,
@@ -22,6 +26,7 @@ from memprof.report.model import (
     Severity,
     Status,
     StepRecord,
+    TensorRecord,
 )
 
 MiB = 1024**2
@@ -111,8 +116,9 @@ def make_report(**overrides: Any) -> Report:
         exit_code=0,
         duration_seconds=12.5,
         memprof_version="0.1.0",
-        cuda={"reserved_bytes": 900 * MiB, "num_ooms": 0},
-        advisor={"budget_bytes": 8 * GiB},
+        cuda=CudaStats(reserved_bytes=900 * MiB, num_ooms=0),
+        # as the advisor writes it: the budget it planned for
+        advisor=AdvisorModel(budget=Budget(bytes=8 * GiB, source="--budget")),
         warnings=["module hooks were skipped for 1 scripted module"],
     )
     fields.update(overrides)
@@ -145,16 +151,15 @@ def make_oom_report(**overrides: Any) -> Report:
         error="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
         steps=steps,
         findings=[oom_finding, *make_findings()],
-        # the shape memprof.session writes
-        oom={"source": "memory-limit", "requested_bytes": 2 * GiB, "live_bytes": int(7.4 * GiB),
-             "limit_bytes": 8 * GiB, "breakdown": {"activations": int(6.1 * GiB), "parameters": 1 * GiB,
-                                                   "other": int(0.3 * GiB)},
-             "by_module": {"encoder.layers.0": 3 * GiB, "encoder.layers.1": 2 * GiB, "head": 1 * GiB}, "step": 3},
+        # the figures memprof's session writes
+        oom=OomReport(source="memory-limit", requested_bytes=2 * GiB, live_bytes=int(7.4 * GiB),
+                      limit_bytes=8 * GiB, breakdown={"activations": int(6.1 * GiB), "parameters": 1 * GiB,
+                                                      "other": int(0.3 * GiB)},
+                      by_module={"encoder.layers.0": 3 * GiB, "encoder.layers.1": 2 * GiB, "head": 1 * GiB}, step=3),
         largest_tensors=[
-            {"bytes": 1 * GiB, "shape": [64, 4096, 4096], "dtype": "torch.float32", "category": "activations",
-             "module": "encoder.layers.0", "created_step": 3, "file": SCRIPT, "line": 58},
-            {"bytes": 512 * MiB, "shape": [32768, 4096], "dtype": "torch.float32", "category": "parameters",
-             "module": None, "created_step": None, "file": None, "line": None},
+            TensorRecord(bytes=1 * GiB, shape=[64, 4096, 4096], dtype="torch.float32", category="activations",
+                         module="encoder.layers.0", created_step=3, file=SCRIPT, line=58),
+            TensorRecord(bytes=512 * MiB, shape=[32768, 4096], dtype="torch.float32", category="parameters"),
         ],
     )
     fields.update(overrides)
@@ -203,7 +208,7 @@ def make_snapshot(fragmented: bool = False, oom: bool = False, history: bool = T
     base = 0x7F0000000000
     w, tmp, x, old = base, base + 300 * MiB, base + 800 * MiB, base + 900 * MiB
     total = 2 * GiB if fragmented else 1 * GiB
-    blocks = [
+    blocks: list[dict[str, Any]] = [
         {"address": w, "size": 300 * MiB, "requested_size": 300 * MiB, "state": "active_allocated",
          "frames": user_frames(20)},
         {"address": tmp, "size": 500 * MiB, "requested_size": 500 * MiB, "state": "inactive", "frames": []},

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -10,7 +12,8 @@ import torch
 from torch import nn
 
 import memprof
-from memprof.report.model import FindingKind, Status
+from memprof.model import FindingKind, Report, Status
+from memprof.report.outputs import REPORTERS, Option, Reporter
 
 
 def _train(steps: int, keep: list[torch.Tensor] | None = None) -> None:
@@ -43,6 +46,8 @@ def test_track_gives_a_report_with_steps_modules_and_findings(tmp_path: Path) ->
     assert acc.step is not None and acc.step <= 5  # found within the first few steps
     loaded = memprof.load_report(tmp_path / "r.json")
     assert loaded.peak_bytes == report.peak_bytes and len(loaded.findings) == len(report.findings)
+    text = memprof.render_summary(report)
+    assert text.startswith("memprof: ") and "total" in text and "accumulated_tensor" in text
 
 
 def test_profile_decorator_bare_and_with_options(tmp_path: Path) -> None:
@@ -61,12 +66,13 @@ def test_profile_decorator_bare_and_with_options(tmp_path: Path) -> None:
     assert memprof.load_report(tmp_path / "p.json").steps[-1].index == 1
 
 
-def test_track_records_an_exception_and_reraises_it() -> None:
+def test_track_records_an_exception_and_reraises_it(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="stop"):
-        with memprof.track() as session:
+        with memprof.track(json=str(tmp_path / "r.json")) as session:
             _train(1)
             raise RuntimeError("stop")
     assert session.report is not None and session.report.status is Status.ERROR
+    assert memprof.load_report(tmp_path / "r.json").status is Status.ERROR  # written when the block raised
 
 
 def test_track_counts_a_model_made_before_the_block() -> None:
@@ -92,6 +98,64 @@ def test_frames_are_pandas() -> None:
     assert isinstance(steps, pd.DataFrame) and list(steps["index"]) == [0, 1, 2, 3]
     assert isinstance(modules, pd.DataFrame) and "activation_bytes" in modules.columns and len(modules) >= 3
     assert (steps["peak_bytes"] >= steps["end_bytes"]).all()
+
+
+@pytest.mark.parametrize("reporter", REPORTERS, ids=lambda r: r.name)
+def test_each_reporter_is_a_keyword_of_track(reporter: Reporter, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / f"r.{reporter.name}"
+    keyword: dict[str, Any] = {reporter.name: str(path)}
+    with memprof.track(**keyword):
+        _train(1)
+    assert path.stat().st_size > 0
+    assert capsys.readouterr().err == ""  # the summary only when asked
+
+
+def test_summary_keyword_prints_the_summary_and_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "r.json"
+    with memprof.track(json=str(path), summary=True):
+        _train(2)
+    err = capsys.readouterr().err
+    assert err.startswith("memprof: ") and err.endswith(f"memprof: report written to {path}\n")
+
+
+class _Steps:
+    name = "steps"
+    label = "steps table"
+    option = Option("--steps", "write one line per step to PATH")
+    best_effort = True
+
+    def write(self, report: Report, path: str) -> None:
+        Path(path).write_text(f"{len(report.steps)}\n")
+
+
+@pytest.fixture
+def steps_reporter() -> Iterator[_Steps]:
+    """``_Steps`` in the registry, as its one line there would put it."""
+    reporter = _Steps()
+    REPORTERS.append(reporter)
+    yield reporter
+    REPORTERS.remove(reporter)
+
+
+@pytest.mark.usefixtures("steps_reporter")
+def test_a_registered_reporter_is_a_keyword_of_track_and_profile(tmp_path: Path) -> None:
+    with memprof.track(steps=str(tmp_path / "a.txt")):
+        _train(2)
+    assert (tmp_path / "a.txt").read_text() == "2\n"
+
+    @memprof.profile(steps=str(tmp_path / "b.txt"))
+    def train() -> None:
+        _train(3)
+
+    train()
+    assert (tmp_path / "b.txt").read_text() == "3\n"
+
+
+def test_an_unknown_output_keyword_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'jsn'"):
+        with memprof.track(jsn="r.json"):
+            pass
 
 
 def test_import_has_no_side_effects() -> None:

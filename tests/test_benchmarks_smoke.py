@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,8 @@ import pytest
 from tests.conftest import ROOT
 
 BENCH = ROOT / "benchmarks"
+
+pytestmark = pytest.mark.slow  # whole benchmark scripts in subprocesses
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -59,11 +59,3 @@ def test_detail_parts_writes_one_row_per_part(tmp_path: Path) -> None:
     rows = [line for line in md.splitlines() if line.startswith("| ") and " ms |" in line]
     assert len(rows) == 6 and all("ms |" in r.split("|")[-2] + "|" for r in rows)
     assert "--detail full" in md and md.strip() in proc.stdout
-
-
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None or shutil.which("ninja") is None,
-                    reason="no C++ compiler or ninja")
-def test_the_cpp_tracker_prototype_counts_the_same_peak_as_the_tracker(tmp_path: Path) -> None:
-    proc = _run(str(BENCH / "cpp_tracker_floor.py"), "--rounds", "1", "--steps", "5", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
-    assert "tracker" in proc.stdout and ": equal" in proc.stdout and " 0 unmarked" in proc.stdout

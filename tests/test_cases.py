@@ -1,5 +1,8 @@
 """The doctor and the peak, on whole scripts: the shared cases and our own (tests/cases).
 
+The shared cases' score runs in the default tier (the end-to-end check that matters most); our
+own cases and the peaks against ground truth are in the slow tier.
+
 The shared scorer runs `memprof run --json` on each case; recall and precision must be 1.00 and
 every expected variable named. The peak must match the independent ground truth within 2%.
 """
@@ -33,7 +36,6 @@ def _score(shared: Path, cases: Path, tmp_path: Path) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
 def test_shared_cases_score_full_marks(shared: Path, tmp_path: Path) -> None:
     summary = _score(shared, shared / "cases", tmp_path)
     assert "recall 7/7 = 1.00" in summary and "precision 1.00" in summary, summary

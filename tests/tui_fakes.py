@@ -6,12 +6,13 @@ import asyncio
 import functools
 import math
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from memprof.hw.gpu import FakeGpuBackend, GpuDevice, GpuProcess
-from memprof.live.channel import LiveRun
+from memprof.hw.gpu import GpuDevice, GpuProcess, GpuStatus
+from memprof.live.client import LiveRun
 from memprof.live.state import LiveSample, LiveState
 
 GiB = 1024**3
@@ -82,6 +83,30 @@ def make_state(
         findings=[dict(f) for f in findings], recommendations=[dict(r) for r in recommendations],
         report_path=report_path,
     )
+
+
+@dataclass
+class FakeGpuBackend:
+    """A GPU backend with the devices you give it. ``fail``: snapshot says unavailable."""
+
+    devices: list[GpuDevice] = field(default_factory=list)
+    fail: str | None = None
+    name: str = "fake"
+    calls: int = 0
+
+    def snapshot(self) -> GpuStatus:
+        self.calls += 1
+        if self.fail:
+            return GpuStatus(backend=self.name, available=False, reason=self.fail)
+        if not self.devices:
+            return GpuStatus(backend=self.name, available=False, reason="no GPU (fake)")
+        return GpuStatus(backend=self.name, devices=tuple(self.devices))
+
+    def set_used(self, index: int, used_bytes: int) -> None:
+        self.devices[index] = replace(self.devices[index], memory_used_bytes=used_bytes)
+
+    def close(self) -> None:
+        pass
 
 
 def fake_gpus() -> FakeGpuBackend:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from memprof.collect.timeline import RunData
-from memprof.report.model import Recommendation, RecommendationKind
+from memprof.advise.advisor import Inputs
+from memprof.model import Recommendation, RecommendationKind
+from memprof.model.report import AdvisorModel
+from memprof.model.run import RunData
 from memprof.units import fmt_bytes
 
 MiB = 1024**2
@@ -29,20 +31,20 @@ FRAG_MIN = 256 * MiB
 
 def figures(data: RunData) -> dict[str, Any] | None:
     c = data.cuda
-    if data.device_type != "cuda" or not c:
+    if data.device_type != "cuda" or c is None or next(c.items(), None) is None:  # no counters
         return None
-    allocated, reserved = int(c.get("allocated_bytes", 0)), int(c.get("reserved_bytes", 0))
-    reserved_peak = max([int(c.get("reserved_peak_bytes", 0))] + [it.cuda_reserved or 0 for it in data.iterations])
-    allocated_peak = max([int(c.get("allocated_peak_bytes", 0)), data.peak_bytes]
+    allocated, reserved = int(c.allocated_bytes or 0), int(c.reserved_bytes or 0)
+    reserved_peak = max([int(c.reserved_peak_bytes or 0)] + [it.cuda_reserved or 0 for it in data.iterations])
+    allocated_peak = max([int(c.allocated_peak_bytes or 0), data.peak_bytes]
                          + [it.cuda_allocated_peak or 0 for it in data.iterations])
     out: dict[str, Any] = {
         "allocated_bytes": allocated, "reserved_bytes": reserved, "cached_free_bytes": max(reserved - allocated, 0),
         "allocated_peak_bytes": allocated_peak, "reserved_peak_bytes": reserved_peak,
         "fragmentation_bytes": max(reserved_peak - allocated_peak, 0),
-        "inactive_split_bytes": int(c.get("inactive_split_bytes", 0)),
-        "num_alloc_retries": int(c.get("num_alloc_retries", 0)), "num_ooms": int(c.get("num_ooms", 0)),
+        "inactive_split_bytes": int(c.inactive_split_bytes or 0),
+        "num_alloc_retries": int(c.num_alloc_retries or 0), "num_ooms": int(c.num_ooms or 0),
     }
-    total, free = c.get("device_total_bytes"), c.get("device_free_bytes")
+    total, free = c.device_total_bytes, c.device_free_bytes
     if total is not None and free is not None:
         out["context_and_others_bytes"] = max(int(total) - int(free) - reserved, 0)
         out["nvidia_smi_bytes"] = int(total) - int(free)
@@ -55,6 +57,18 @@ def _explain(f: dict[str, Any]) -> str:
         "nvidia-smi shows reserved plus the CUDA context (a few hundred MiB)"
     return (f"allocated (live tensors) {fmt_bytes(f['allocated_bytes'])}, reserved (held by PyTorch's caching "
             f"allocator) {fmt_bytes(f['reserved_bytes'])}; {smi_text}")
+
+
+class Allocator:
+    """Both allocator advices (``empty_cache``, ``allocator_config``): one reading of the counters."""
+
+    name = "allocator"
+
+    def advise(self, inputs: Inputs, out: AdvisorModel) -> list[Recommendation]:
+        recs, figures = recommend(inputs.data)
+        if figures:
+            out.figures[self.name] = figures
+        return recs
 
 
 def recommend(data: RunData) -> tuple[list[Recommendation], dict[str, Any]]:

@@ -14,42 +14,35 @@ allocator's overhead comes out of it. On CPU both are live tensor bytes, exactly
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from memprof.collect.timeline import RunData
+from memprof.model.report import Budget, CudaStats
+from memprof.model.run import RunData
 from memprof.units import fmt_bytes
 
 CONTEXT_FALLBACK = 512 * 1024**2  # a typical CUDA context, when the device's free memory is unknown
 OVERHEAD_MIN_SHARE = 0.05
 
 
-@dataclass
-class Budget:
-    bytes: int
-    source: str  # "--budget" | "--memory-limit" | "device"
-    parts: dict[str, int] = field(default_factory=dict)  # how a default was made
-    note: str = ""
-
-    def describe(self) -> str:
-        if self.source == "device":
-            return f"the device's usable memory, {fmt_bytes(self.bytes)} ({self.note})"
-        if self.note:
-            return f"the {self.source} ({fmt_bytes(self.bytes)}: {self.note})"
-        return f"the {self.source} of {fmt_bytes(self.bytes)}"
+def describe(budget: Budget) -> str:
+    """The budget in a recommendation's words: "the --budget of 40.0 MiB"."""
+    if budget.source == "device":
+        return f"the device's usable memory, {fmt_bytes(budget.bytes)} ({budget.note})"
+    if budget.note:
+        return f"the {budget.source} ({fmt_bytes(budget.bytes)}: {budget.note})"
+    return f"the {budget.source} of {fmt_bytes(budget.bytes)}"
 
 
 def _cuda_costs(data: RunData) -> tuple[int, int, str]:
     """(CUDA context and other users of the device, the allocator's overhead, how the context was had)."""
     total = data.device_total_bytes or 0
-    c = data.cuda or {}
-    free = c.get("device_free_bytes")
-    reserved = int(c.get("reserved_bytes", 0))
-    if free is not None and int(c.get("device_total_bytes", total)) == total:
+    c = data.cuda or CudaStats()
+    free = c.device_free_bytes
+    reserved = int(c.reserved_bytes or 0)
+    if free is not None and int(c.device_total_bytes if c.device_total_bytes is not None else total) == total:
         context, how = max(total - int(free) - reserved, 0), "measured: total - free - reserved"
     else:
         context, how = CONTEXT_FALLBACK, "estimated"
-    alloc_peak = max([int(c.get("allocated_peak_bytes", 0))] + [it.cuda_allocated_peak or 0 for it in data.iterations])
-    res_peak = int(c.get("reserved_peak_bytes", 0))
+    alloc_peak = max([int(c.allocated_peak_bytes or 0)] + [it.cuda_allocated_peak or 0 for it in data.iterations])
+    res_peak = int(c.reserved_peak_bytes or 0)
     overhead = max(res_peak - alloc_peak, int(OVERHEAD_MIN_SHARE * alloc_peak), 0)
     return context, overhead, how
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from memprof.advise.batch_size import BatchModel
-from memprof.collect.timeline import OptimizerInfo, RunData
-from memprof.report.model import Recommendation, RecommendationKind
+from memprof.advise.advisor import Inputs
+from memprof.advise.batch_model import BatchModel
+from memprof.model import Recommendation, RecommendationKind
+from memprof.model.report import AdvisorModel
+from memprof.model.run import OptimizerInfo, RunData
 from memprof.units import fmt_bytes
 
 MIN_SAVING_SHARE = 0.05
@@ -69,6 +71,16 @@ def _predict_without(data: RunData, model: BatchModel, saving: int) -> int:
         for f, s in it.frontier:
             best = max(best, f - cut + s)
     return best + model.extra
+
+
+class Optimizer:
+    name = "optimizer"
+
+    def advise(self, inputs: Inputs, out: AdvisorModel) -> list[Recommendation]:
+        recs, figures = recommend(inputs.data, inputs.batch)
+        if figures:
+            out.figures[self.name] = figures
+        return recs
 
 
 def recommend(data: RunData, model: BatchModel | None) -> tuple[list[Recommendation], dict[str, Any]]:

@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import ast
 import functools
-from dataclasses import dataclass
+
+from memprof.model.run import VarObservation
 
 MUTATORS = frozenset({"append", "extend", "insert", "add", "update", "appendleft", "extendleft", "setdefault", "__setitem__", "__iadd__"})
-
-
-@dataclass(frozen=True)
-class Statement:
-    line: int
-    kind: str  # "augassign" | "assign" | "mutate" | "setitem"
-    in_loop: bool
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,12 +160,14 @@ def statement_start(filename: str, line: int) -> int:
     return best.lineno if best is not None else line
 
 
-def source_line(filename: str, line: int) -> str:
-    try:
-        with open(filename, encoding="utf-8") as fh:
-            for i, text in enumerate(fh, 1):
-                if i == line:
-                    return text.strip()
-    except OSError:
-        pass
-    return ""
+def variable_line(obs: VarObservation, rebinding: bool = False) -> tuple[str, int]:
+    """(file, line) of the statement changing the variable: in the frame's function, or for
+    ``obj.attr`` in ``obj``'s class (``self.attr += ...`` in a method, maybe in another file)."""
+    line = find_statement(obs.file, obs.function, obs.first_line, obs.line, obs.path, rebinding=rebinding)
+    if line is not None:
+        return obs.file, line
+    if "." in obs.path and obs.owner_file:
+        line = owner_line(obs.owner_file, obs.path, rebinding=rebinding)
+        if line is not None:
+            return obs.owner_file, line
+    return obs.file, obs.line

@@ -14,9 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from memprof.cli.base import output_paths
 from memprof.errors import MemprofError
+from memprof.model import Finding, RankReport, Report, Status
 from memprof.report.json_io import load_report
-from memprof.report.model import Finding, RankReport, Report, Status
+from memprof.report.outputs import write_outputs
 from memprof.runner import Target
 
 
@@ -63,8 +65,6 @@ def run_distributed(ns: argparse.Namespace, target: Target, script_args: list[st
     n = int(ns.nproc_per_node)
     if n < 1:
         raise MemprofError("run: --nproc-per-node must be 1 or more")
-    from memprof.cli.run import write_outputs
-
     with tempfile.TemporaryDirectory(prefix="memprof-ranks-") as rank_dir:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                "-m", "memprof", "run", "-q", "--rank-dir", rank_dir, "--detail", ns.detail,
@@ -89,5 +89,5 @@ def run_distributed(ns: argparse.Namespace, target: Target, script_args: list[st
             return code or 1
         merged = merge_reports(reports)
         merged.exit_code = code
-        write_outputs(merged, ns.json, ns.html, quiet=ns.quiet)
+        write_outputs(merged, output_paths(ns), summary=not ns.quiet)
     return code

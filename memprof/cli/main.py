@@ -6,15 +6,16 @@ import argparse
 import inspect
 import sys
 
-from memprof.cli.base import Command
+from memprof.cli.base import ArgvCommand, Command
+from memprof.cli.monitor import MonitorCommand
+from memprof.cli.report_cmd import ReportCommand
+from memprof.cli.run import RunCommand
 from memprof.errors import MemprofError
 
+AnyCommand = Command | ArgvCommand
 
-def _commands() -> list[Command]:
-    from memprof.cli.monitor import MonitorCommand
-    from memprof.cli.report_cmd import ReportCommand
-    from memprof.cli.run import RunCommand
 
+def _commands() -> list[AnyCommand]:
     return [RunCommand(), ReportCommand(), MonitorCommand()]
 
 
@@ -25,7 +26,8 @@ class _Parser(argparse.ArgumentParser):
         raise MemprofError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[AnyCommand, argparse.ArgumentParser]]]:
+    """The ``memprof`` parser, and each command with its own sub-parser."""
     from memprof import __version__
 
     parser = _Parser(
@@ -35,7 +37,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     parser.add_argument("--version", action="version", version=f"memprof {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    registry: dict[str, Command] = {}
+    registry: dict[str, tuple[AnyCommand, argparse.ArgumentParser]] = {}
     for cmd in _commands():
         doc = inspect.cleandoc(type(cmd).__doc__ or "")
         summary = doc.splitlines()[0] if doc else ""
@@ -43,36 +45,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
             cmd.name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         cmd.prepare_parser(p)
-        registry[cmd.name] = cmd
+        registry[cmd.name] = (cmd, p)
     return parser, registry
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]  # type: ignore[no-any-return]
-    raise KeyError(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser, registry = build_parser()
-        if argv and argv[0] == "run":  # the script's own options must not reach argparse
-            from memprof.cli.run import RunCommand
-
-            run_cmd = registry["run"]
-            assert isinstance(run_cmd, RunCommand)
-            sub = _subparser(parser, "run")
-            if any(a in ("-h", "--help") for a in argv[1:2]) or len(argv) == 1:
-                sub.print_help()
-                return 0 if len(argv) > 1 else 2
-            return run_cmd.run_from_argv(argv[1:], sub)
+        if argv and argv[0] in registry:
+            cmd, sub = registry[argv[0]]
+            if isinstance(cmd, ArgvCommand):
+                if len(argv) == 1 or argv[1] in ("-h", "--help"):
+                    sub.print_help()
+                    return 0 if len(argv) > 1 else 2
+                return cmd.run_from_argv(argv[1:], sub)
         args = parser.parse_args(argv)
         if not args.command:
             parser.print_help(sys.stderr)
             return 2
-        return registry[args.command].run(args, parser)
+        cmd = registry[args.command][0]
+        assert not isinstance(cmd, ArgvCommand)  # dispatched above, before argparse
+        return cmd.run(args, parser)
     except MemprofError as e:
         print(f"memprof: error: {e.message}", file=sys.stderr)
         return e.exit_code

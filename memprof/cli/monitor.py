@@ -50,7 +50,8 @@ class MonitorCommand:
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from memprof.hw.gpu import get_backend
-        from memprof.live.channel import discover, live_dir
+        from memprof.live.client import discover
+        from memprof.live.paths import live_dir
 
         backend = get_backend(args.gpu_backend)
         directory = str(live_dir())

@@ -7,8 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from memprof.cli.base import add_output_options, output_paths
 from memprof.errors import MemprofError
-from memprof.report.model import Report
+from memprof.model import Report
+from memprof.report.json_io import load_report
+from memprof.report.outputs import SUMMARY, write_files
 
 
 def _kind(path: Path) -> str:
@@ -37,8 +40,6 @@ def load_any(path: str | os.PathLike[str]) -> Report:
         from memprof.report.snapshot import report_from_snapshot
 
         return report_from_snapshot(target)
-    from memprof.report.json_io import load_report
-
     try:
         return load_report(target)
     except (KeyError, ValueError, TypeError, AttributeError) as e:  # a report JSON with broken fields
@@ -80,35 +81,13 @@ class ReportCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("file", metavar="FILE", help="a memprof report JSON or a PyTorch memory snapshot pickle")
-        parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML report to PATH")
-        parser.add_argument("--json", metavar="PATH", help="write the report as memprof report JSON to PATH "
-                                                           "(converts a snapshot)")
+        add_output_options(parser, notes={"json": "(converts a snapshot)"})
         parser.add_argument("--no-color", action="store_true", help="no ANSI colour in the summary")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        from memprof.report.summary import render_summary
-
         report = load_any(args.file)
-        written = []
-        if args.json:
-            from memprof.report.json_io import save_report
-
-            try:
-                save_report(report, args.json)
-            except OSError as e:
-                raise MemprofError(f"cannot write {args.json}: {e.strerror or e}") from None
-            written.append(args.json)
-        if args.html:
-            from memprof.report.html import write_html
-
-            try:
-                write_html(report, args.html)
-            except OSError as e:
-                raise MemprofError(f"cannot write {args.html}: {e.strerror or e}") from None
-            written.append(args.html)
-        text = render_summary(report, color=_use_color(args.no_color), unicode=_can_encode_unicode())
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        written = write_files(report, output_paths(args))
+        SUMMARY.write(report, sys.stdout, color=_use_color(args.no_color), unicode=_can_encode_unicode())
         for path in written:
             print(f"memprof: wrote {path}", file=sys.stderr)
         return 0

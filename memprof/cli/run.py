@@ -7,17 +7,20 @@ import os
 import sys
 from typing import ClassVar
 
+from memprof.cli.base import add_output_options, output_flags
+from memprof.cli.distributed import run_distributed
 from memprof.errors import MemprofError
+from memprof.runner import Target, check_target
 from memprof.units import parse_size
 
-# memprof's own options that take a value; everything from SCRIPT (or -m MODULE) on is the script's.
-_VALUE_OPTIONS = {
-    "--json", "--html", "--budget", "--memory-limit", "--nproc-per-node", "--detail", "--detail-steps", "--rank-dir",
-}
+# memprof's own options that take a value, with output_flags(); everything from SCRIPT (or -m
+# MODULE) on is the script's.
+_VALUE_OPTIONS = {"--budget", "--memory-limit", "--nproc-per-node", "--detail", "--detail-steps", "--rank-dir"}
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], str | None, str | None, list[str]]:
     """``[options] SCRIPT args`` or ``[options] -m MODULE args`` -> (options, script, module, args)."""
+    value_options = _VALUE_OPTIONS | output_flags()
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -32,7 +35,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], str | None, str | None, list
             return argv[:i], None, tok[2:], argv[i + 1:]
         if not tok.startswith("-") or tok == "-":
             break
-        if tok in _VALUE_OPTIONS:
+        if tok in value_options:
             i += 2
             continue
         i += 1
@@ -64,8 +67,7 @@ class RunCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.usage = "memprof run [OPTIONS] SCRIPT [ARGS...] | memprof run [OPTIONS] -m MODULE [ARGS...]"
-        parser.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH")
-        parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML report to PATH")
+        add_output_options(parser)
         parser.add_argument("--budget", metavar="SIZE", type=parse_size,
                             help="the memory to plan for, e.g. 8GiB, 512MiB, 1.5GB "
                                  "(default: the CUDA device's usable memory; none on CPU)")
@@ -86,9 +88,6 @@ class RunCommand:
         parser.add_argument("target", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...]",
                             help="the script and its arguments")
 
-    def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        raise MemprofError("internal: run is dispatched by run_from_argv")
-
     def run_from_argv(self, argv: list[str], parser: argparse.ArgumentParser) -> int:
         options, script, module, script_args = split_argv(argv)
         ns = parser.parse_args(options)
@@ -98,16 +97,14 @@ class RunCommand:
             raise MemprofError("run: missing SCRIPT (usage: memprof run [OPTIONS] SCRIPT [ARGS...])")
         if ns.detail_steps is not None and ns.detail_steps < 0:
             raise MemprofError("run: --detail-steps must be 0 or more")
-        from memprof.runner import Target, check_target
-
         target = Target(path=script, module=module)
         check_target(target)
         if ns.tui:
             return self._run_with_tui(argv)
         if ns.nproc_per_node:
-            from memprof.cli.distributed import run_distributed
-
             return run_distributed(ns, target, script_args)
+        from memprof.cli.local import run_local  # torch and the session: only once a script runs
+
         return run_local(ns, target, script_args)
 
     @staticmethod
@@ -119,57 +116,3 @@ class RunCommand:
         child = [a for a in options if a != "--tui"]
         child += ["-m", module] if module is not None else [script or ""]
         return run_with_tui([sys.executable, "-m", "memprof", "run", *child, *script_args], dict(os.environ))
-
-
-def run_local(ns: argparse.Namespace, target: object, script_args: list[str]) -> int:
-    from memprof.report.model import Report
-    from memprof.runner import Target, run_target
-    from memprof.session import Session, SessionConfig
-
-    assert isinstance(target, Target)
-    config = SessionConfig(
-        script=os.path.abspath(target.path) if target.path else f"-m {target.module}",
-        argv=list(script_args), detail=ns.detail, detail_steps=ns.detail_steps,
-        budget_bytes=ns.budget, memory_limit_bytes=ns.memory_limit,
-        report_path=os.path.abspath(ns.json) if ns.json else None,
-    )
-
-    def finish(report: Report) -> None:
-        if ns.rank_dir:  # one rank of a --nproc-per-node job: the parent merges and prints
-            from memprof.cli.distributed import rank_report_path
-
-            path = rank_report_path(ns.rank_dir)
-            if path is not None:
-                write_outputs(report, path, None, quiet=True)
-                return
-        write_outputs(report, ns.json, ns.html, quiet=ns.quiet)
-
-    return run_target(target, script_args, lambda: Session(config), finish)
-
-
-def write_outputs(report: object, json_path: str | None, html_path: str | None, quiet: bool = False) -> None:
-    from memprof.report.json_io import save_report
-    from memprof.report.model import Report
-
-    assert isinstance(report, Report)
-    if json_path:
-        save_report(report, json_path)
-    if html_path:
-        try:
-            from memprof.report.html import write_html
-
-            write_html(report, html_path)
-        except Exception as e:
-            print(f"memprof: warning: could not write the HTML report: {e}", file=sys.stderr)
-    if not quiet:
-        try:
-            from memprof.report.summary import render_summary
-
-            text = render_summary(report, color=sys.stderr.isatty())
-        except Exception as e:
-            text = f"memprof: peak {report.peak_bytes} bytes ({e!r} while writing the summary)"
-        sys.stderr.write(text.rstrip("\n") + "\n")
-        if json_path:
-            sys.stderr.write(f"memprof: report written to {json_path}\n")
-        if html_path:
-            sys.stderr.write(f"memprof: HTML report written to {html_path}\n")

@@ -24,12 +24,12 @@ import time
 import types
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from memprof.collect.sites import is_user_file, user_frames
+from memprof.model.run import GraphStats, VarObservation
 
 MAX_NODES = 4000  # autograd nodes visited per census
 MAX_ITEMS = 20000  # container items looked at per variable
@@ -37,40 +37,6 @@ last_scan_seconds = 0.02  # how long the last heap scan (live_objects) took
 
 _CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)
 _SKIP_TYPES = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)
-
-
-@dataclass
-class GraphStats:
-    nodes: int = 0
-    saved_bytes: int = 0  # saved tensors still alive (not freed by a backward)
-    graphs: int = 0  # tensors with a grad_fn
-    graphs_with_saved: int = 0
-    root_keys: list[int] = field(default_factory=list)  # id() of every root
-    saved_root_keys: list[int] = field(default_factory=list)  # roots whose graph holds saved tensors
-    forward_keys: list[int] = field(default_factory=list)  # model-output nodes met on the way
-    # The earliest boundary at which one of these graphs was already seen holding saved tensors
-    # (a stamp in the root node's metadata: id() of a node can be reused once it dies).
-    first_seen: int | None = None
-
-
-@dataclass
-class VarObservation:
-    path: str  # "total_loss", "self.history", "stats.outputs"
-    file: str  # the frame's file
-    function: str
-    first_line: int  # the frame's function's first line
-    line: int  # the frame's current line
-    is_container: bool
-    tensors: int = 0
-    bytes: int = 0
-    storage_keys: set[int] = field(default_factory=set)
-    graph: GraphStats = field(default_factory=GraphStats)
-    newest_key: int | None = None  # storage of the last tensor in a container
-    owner_file: str | None = None  # for "obj.attr": the source file of obj's class
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.file, self.function, self.path)
 
 
 class _SavedNames:

@@ -15,26 +15,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from memprof.collect.leaves import first_tensor, records
 from memprof.collect.sites import main_thread_frame, user_frame
+from memprof.model.run import ForwardRecord
 
 
-@dataclass
-class ForwardRecord:
-    module: str
-    site: tuple[str, int] | None  # the user line that called the module
-    step: int
-    phase: str
-    saved_bytes: int = 0  # bytes autograd saved during this forward
-    backpropagated: bool = False
-    backward_site: tuple[str, int] | None = None
-    dead: bool = False
-    dead_step: int | None = None
-    node_key: int = 0
+def _has_graph(t: torch.Tensor) -> bool:
+    return t.grad_fn is not None
 
 
 class _SentinelRef(weakref.ref):  # type: ignore[type-arg]
@@ -59,7 +50,7 @@ class ForwardTracker:
 
     def watch(self, output: Any, record: ForwardRecord) -> bool:
         """Mark the graph behind ``output``; False when it has no graph."""
-        t = _first_graph_tensor(output)
+        t = first_tensor(output, _has_graph, depth=3, items=records)
         if t is None or not self.enabled:
             return False
         node: Any = t.grad_fn
@@ -109,21 +100,3 @@ class ForwardTracker:
 
     def pending(self) -> list[ForwardRecord]:
         return list(self.by_node.values())
-
-
-def _first_graph_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj if obj.grad_fn is not None else None
-    if depth > 2:
-        return None
-    items: Any = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
-    if hasattr(obj, "__dataclass_fields__") or hasattr(obj, "_fields"):  # ModelOutput-like, namedtuple
-        try:
-            items = list(vars(obj).values()) if hasattr(obj, "__dict__") else list(obj)
-        except TypeError:
-            items = ()
-    for o in items:
-        t = _first_graph_tensor(o, depth + 1)
-        if t is not None:
-            return t
-    return None

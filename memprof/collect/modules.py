@@ -26,9 +26,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from memprof.collect.leaves import first_tensor, map_leaves, tensors
 from memprof.collect.sites import user_frame
-from memprof.collect.storage import PARAMETERS, StorageTracker
-from memprof.collect.timeline import CallInputs, TensorSpec
+from memprof.collect.storage import StorageTracker
+from memprof.model.categories import PARAMETERS
+from memprof.model.run import CallInputs, TensorSpec
 
 if TYPE_CHECKING:
     from memprof.collect.native import NativeTracker
@@ -94,28 +96,10 @@ class RootCall:
     call_site: tuple[int, int] = (0, 0)  # (id of the calling code, bytecode offset): the same call in a loop
 
 
-def _first_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if depth > 2:
-        return None
-    if isinstance(obj, (list, tuple)):
-        for o in obj:
-            t = _first_tensor(o, depth + 1)
-            if t is not None:
-                return t
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            t = _first_tensor(o, depth + 1)
-            if t is not None:
-                return t
-    return None
-
-
 def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> int | None:
-    t = _first_tensor(args)
+    t = first_tensor(args, depth=3)
     if t is None and kwargs:
-        t = _first_tensor(kwargs)
+        t = first_tensor(kwargs, depth=3)
     if t is None or t.dim() == 0:
         return None
     return int(t.shape[0])
@@ -124,29 +108,22 @@ def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -
 _SIMPLE = (type(None), bool, int, float, str)
 
 
-def _describe(obj: Any, depth: int = 0) -> tuple[Any, bool]:
-    """``obj`` with every tensor replaced by a :class:`TensorSpec`; False when something can't be."""
-    if isinstance(obj, torch.Tensor):
-        return TensorSpec(tuple(obj.shape), obj.dtype, str(obj.device), obj.requires_grad), True
-    if isinstance(obj, _SIMPLE) or isinstance(obj, (torch.dtype, torch.device)):
-        return obj, True
-    if depth < 3 and isinstance(obj, (list, tuple)) and len(obj) <= 64 and type(obj) in (list, tuple):
-        items = [_describe(o, depth + 1) for o in obj]
-        return type(obj)(i for i, _ in items), all(ok for _, ok in items)
-    if depth < 3 and type(obj) is dict and len(obj) <= 64:
-        described = {k: _describe(v, depth + 1) for k, v in obj.items()}
-        return {k: v for k, (v, _) in described.items()}, all(ok for _, ok in described.values())
-    return None, False
+def _describe(obj: Any) -> tuple[Any, bool]:
+    """``obj`` with every tensor replaced by a :class:`TensorSpec`; False when something can't be
+    (an object, a container nested deeper than 3 or longer than 64, a subclass of one)."""
+    complete = True
 
+    def spec(leaf: Any) -> Any:
+        nonlocal complete
+        if isinstance(leaf, torch.Tensor):
+            return TensorSpec(tuple(leaf.shape), leaf.dtype, str(leaf.device), leaf.requires_grad)
+        if isinstance(leaf, _SIMPLE) or isinstance(leaf, (torch.dtype, torch.device)):
+            return leaf
+        complete = False
+        return None
 
-def _tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if depth < 3 and isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o, depth + 1)]
-    if depth < 3 and isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o, depth + 1)]
-    return []
+    described = map_leaves(obj, spec, depth=3, max_items=64, exact=True)
+    return described, complete
 
 
 def call_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> CallInputs:
@@ -316,7 +293,7 @@ class ModuleCollector:
             described = self._describe_call(module, args, kwargs, grad)
             batch = described.batch_size
             if not self.tracker.batch_size:  # the first batch: the tracker marks it as scaling
-                self.tracker.first_inputs = {t.untyped_storage()._cdata for t in _tensors((args, kwargs))}
+                self.tracker.first_inputs = {t.untyped_storage()._cdata for t in tensors((args, kwargs), depth=3)}
         except Exception:
             batch = batch_size_of(args, kwargs)
         return RootCall(

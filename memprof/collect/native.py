@@ -3,7 +3,7 @@
 :class:`NativeTracker` keeps the same figures as :class:`memprof.collect.storage.StorageTracker`
 (live bytes per category, the peak and its breakdown, the falls within a step, batch scaling, old
 storages alive at a step's peak) behind the same interface, but the ledger lives in memprof's op
-hook (``_ophook.cpp``): a storage's birth is seen by a C++ ``RecordFunction`` callback and its death
+hook (``memprof/collect/ophook/``): a storage's birth is seen by a C++ ``RecordFunction`` callback and its death
 by the default CPU allocator's deleter, swapped for one that counts it. No Python runs per storage,
 except for what only Python knows: the user's line that made a large storage, and a weak reference
 for a storage not of the default CPU allocator (CUDA's, pinned, shared), whose deleter stays its own.
@@ -35,13 +35,9 @@ from typing import Any
 
 import torch
 
-from memprof.collect.sites import _cache as _user_files
-from memprof.collect.sites import is_user_file
-from memprof.collect.storage import OTHER, PERSISTENT, PRE_LOOP
-from memprof.report.model import CATEGORIES, Category
-
-NEW, FOREIGN = 1, 2  # the flags of Ledger.touch
-_OTHER_ONLY = 1 << OTHER
+from memprof.model.categories import OTHER, PERSISTENT, PRE_LOOP
+from memprof.model.paths import _cache as _user_files
+from memprof.model.paths import is_user_file
 
 
 class StorageInfo:
@@ -78,6 +74,7 @@ class NativeTracker:
     def __init__(self, hook: ModuleType) -> None:
         self.hook = hook
         self._ledger = hook.Ledger()
+        self._foreign_flag = int(hook.FOREIGN)  # touch()'s flag: not marked, Python watches its death
         self.feed: str | None = None  # "ophook" while counting
         self._step = PRE_LOOP
         self._sites: list[tuple[str, int] | None] = []
@@ -160,7 +157,7 @@ class NativeTracker:
 
     def _fresh(self, t: torch.Tensor, key: int, nbytes: int, flags: int) -> None:
         """A storage counted by a call from Python: what the op hook would add."""
-        if flags & FOREIGN:
+        if flags & self._foreign_flag:
             self._watch(t.untyped_storage(), key)
         if nbytes >= self._ledger.site_min_bytes:
             self._ledger.set_site(key, self._site_id(sys._getframe(2)))
@@ -285,10 +282,6 @@ class NativeTracker:
 
     def linger_index(self, key: int) -> int:
         return int(self._ledger.linger_index(key))
-
-    def breakdown(self, at_peak: bool = True) -> dict[Category, int]:
-        values = self.peak_cat if at_peak else self.cat
-        return {c: values[i] for i, c in enumerate(CATEGORIES)}
 
     # -- the ledger's figures ----------------------------------------------------------------------
     @property

@@ -1,4 +1,4 @@
-"""Find, build and load memprof's C++ op hook (``_ophook.cpp``), the ledger of the native tracker.
+"""Find, build and load memprof's C++ op hook (the sources in ``ophook/``), the native tracker's ledger.
 
 The detailed mode must see every storage an op creates. A Python ``TorchDispatchMode`` costs a
 C++-to-Python round trip per op (3-4 µs: more than a small op itself); the op hook is a
@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 NAME = "memprof_ophook"
-SOURCE = Path(__file__).with_name("_ophook.cpp")
+SOURCE_DIR = Path(__file__).with_name("ophook")  # its .cpp files and the headers they include
 
 _module: ModuleType | None = None
 _failure: str | None = None  # why the last build failed: not tried again in this process
@@ -48,11 +48,24 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "memprof"
 
 
+def sources() -> list[Path]:
+    """The files compiled, in a stable order (none where the package ships no sources)."""
+    return sorted(SOURCE_DIR.glob("*.cpp"))
+
+
+def _digest() -> str:
+    """Of every source and header, names included: an edit to any of them builds afresh."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cpp", ".h")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def build_dir() -> Path:
-    """One folder per source, torch and Python: an upgrade of either builds afresh."""
+    """One folder per version of the sources, torch and Python: a change of any builds afresh."""
     import torch
 
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = _digest()
     tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
     return cache_dir() / "ophook" / tag.replace("+", "_")
 
@@ -76,7 +89,7 @@ def load(build: bool = False, log: Callable[[str], None] | None = None) -> Modul
     (:func:`failure` says why). Never raises."""
     global _module, _failure
     wanted = mode()
-    if wanted == "0" or not SOURCE.is_file():
+    if wanted == "0" or not sources():
         return None
     if _module is not None:
         return _module
@@ -93,7 +106,7 @@ def load(build: bool = False, log: Callable[[str], None] | None = None) -> Modul
         folder.mkdir(parents=True, exist_ok=True)
         from torch.utils import cpp_extension
 
-        _module = cpp_extension.load(NAME, sources=[str(SOURCE)], build_directory=str(folder),
+        _module = cpp_extension.load(NAME, sources=[str(p) for p in sources()], build_directory=str(folder),
                                      extra_cflags=["-O2"], verbose=False)
         return _module
     except Exception as e:  # no compiler, no headers, a read-only cache: the Python mode does the job

@@ -30,13 +30,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from memprof.collect.sites import is_user_file
-from memprof.report.model import CATEGORIES, Category
-
-PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, OTHER = range(5)
-CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
-PERSISTENT = (PARAMETERS, GRADIENTS, OPTIMIZER_STATE)
-PRE_LOOP = -1  # the step index of storages created before the first iteration
+from memprof.model.categories import ACTIVATIONS, CATEGORIES, OTHER, PERSISTENT, PRE_LOOP, TRANSIENT_FROM
+from memprof.model.paths import is_user_file
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
@@ -45,46 +40,6 @@ _dispatch_depth = torch._C._len_torch_dispatch_stack
 _dispatch_mode_at = torch._C._get_dispatch_stack_at
 _no_dispatch = torch._C._DisableTorchDispatch
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
-
-
-_heap_counter: Callable[[], int] | None = None
-_heap_counter_loaded = False
-
-
-def heap_in_use_bytes() -> int | None:
-    """Bytes the C allocator has handed out and not taken back (glibc's ``mallinfo2``): CPU
-    tensor storages and little else. What watch mode reads on CPU at a step boundary: unlike
-    the resident set size it neither keeps freed pages nor jumps by whole arenas. 0.4 µs a read.
-    None where the C library has no ``mallinfo2`` (musl, macOS, glibc before 2.33)."""
-    global _heap_counter, _heap_counter_loaded
-    if not _heap_counter_loaded:
-        _heap_counter_loaded = True
-        _heap_counter = _load_mallinfo2()
-    return _heap_counter() if _heap_counter is not None else None
-
-
-def _load_mallinfo2() -> Callable[[], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        class MallInfo2(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in (
-                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                "keepcost")]
-
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-        fn.restype = MallInfo2
-        fn.argtypes = []
-    except (OSError, AttributeError):
-        return None
-
-    def in_use() -> int:
-        info = fn()
-        return int(info.uordblks + info.hblkhd)  # small chunks in use + mmapped large ones
-
-    return in_use
 
 
 def _skip_dynamo(code: Any) -> bool:
@@ -135,8 +90,8 @@ class StorageTracker(TorchDispatchMode):
         self.peak = 0
         self.peak_seq = 0
         self.peak_step = 0
-        self.cat = [0, 0, 0, 0, 0]
-        self.peak_cat = [0, 0, 0, 0, 0]
+        self.cat = [0] * len(CATEGORIES)  # live bytes by category code
+        self.peak_cat = [0] * len(CATEGORIES)
         self.step = PRE_LOOP
         self.step_peak = 0
         self.seq = 0
@@ -341,7 +296,7 @@ class StorageTracker(TorchDispatchMode):
         inputs = self.first_inputs
         for ref in self.refs.values():
             shape = ref.shape
-            if (not ref.scaled and ref.category >= ACTIVATIONS and ref.step == PRE_LOOP and shape
+            if (not ref.scaled and ref.category >= TRANSIENT_FROM and ref.step == PRE_LOOP and shape
                     and shape[0] == b and self._scales(shape) and (not inputs or ref.key in inputs)):
                 ref.scaled = True
                 self.scaled_live += ref.nbytes
@@ -433,7 +388,7 @@ class StorageTracker(TorchDispatchMode):
         self.step_peak = self.live
         self.local_peaks = []
         self.rising = False
-        old = {k: r for k, r in self.refs.items() if r.category >= ACTIVATIONS and r.nbytes >= min_old_bytes}
+        old = {k: r for k, r in self.refs.items() if r.category >= TRANSIENT_FROM and r.nbytes >= min_old_bytes}
         self.old_transient = old
         self.old_transient_bytes = sum(r.nbytes for r in old.values())
         self.peak_watch_at = 0
@@ -513,10 +468,6 @@ class StorageTracker(TorchDispatchMode):
     def linger_index(self, key: int) -> int:
         """How many falls this step had when candidate ``key`` died; -1: alive, or not a candidate."""
         return self.linger_free.get(key, -1)
-
-    def breakdown(self, at_peak: bool = True) -> dict[Category, int]:
-        values = self.peak_cat if at_peak else self.cat
-        return {c: values[i] for i, c in enumerate(CATEGORIES)}
 
     def live_refs(self) -> list[StorageRef]:
         return list(self.refs.values())

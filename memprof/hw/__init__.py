@@ -6,7 +6,6 @@ backend is asked for.
 """
 
 from memprof.hw.gpu import (
-    FakeGpuBackend,
     GpuBackend,
     GpuDevice,
     GpuProcess,
@@ -18,6 +17,6 @@ from memprof.hw.gpu import (
 )
 
 __all__ = [
-    "FakeGpuBackend", "GpuBackend", "GpuDevice", "GpuProcess", "GpuStatus", "GputilBackend", "NoGpuBackend",
+    "GpuBackend", "GpuDevice", "GpuProcess", "GpuStatus", "GputilBackend", "NoGpuBackend",
     "NvmlBackend", "get_backend",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
@@ -49,7 +49,7 @@ class GpuDevice:
 class GpuStatus:
     """What one look at the GPUs found. ``available`` is False when there is no GPU to show."""
 
-    backend: str  # "nvml" | "gputil" | "none" | "fake"
+    backend: str  # "nvml" | "gputil" | "none" (a test fake gives its own name)
     devices: tuple[GpuDevice, ...] = ()
     available: bool = True
     reason: str | None = None  # why not available, or what went partly wrong
@@ -286,30 +286,6 @@ class GputilBackend:
                 GpuProcess(pid=pid, name=Path(name).name if local.startswith("pid ") else local, used_bytes=used_bytes)
             )
         return found
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class FakeGpuBackend:
-    """A backend with the devices you give it (tests, demos). ``fail``: snapshot says unavailable."""
-
-    devices: list[GpuDevice] = field(default_factory=list)
-    fail: str | None = None
-    name: str = "fake"
-    calls: int = 0
-
-    def snapshot(self) -> GpuStatus:
-        self.calls += 1
-        if self.fail:
-            return GpuStatus(backend=self.name, available=False, reason=self.fail)
-        if not self.devices:
-            return GpuStatus(backend=self.name, available=False, reason="no GPU (fake)")
-        return GpuStatus(backend=self.name, devices=tuple(self.devices))
-
-    def set_used(self, index: int, used_bytes: int) -> None:
-        self.devices[index] = replace(self.devices[index], memory_used_bytes=used_bytes)
 
     def close(self) -> None:
         pass

@@ -34,17 +34,19 @@ Only plain Python data (dicts, lists, str, int, float, bool, None, tuples) is ac
   ``segment_free``/``segment_unmap`` (-). Other actions are ignored.
 
 ``snapshot["allocator_settings"]`` (optional): a dict (e.g. ``{"expandable_segments": False}``),
-kept in ``report.cuda["allocator_settings"]``.
+kept in ``report.cuda.allocator_settings``.
 
 What the Report holds
 ---------------------
 ``peak_bytes``: the peak allocated bytes over the trace (see the anchoring below), or the bytes
-allocated at the snapshot when there is no trace. ``cuda``: ``allocated_bytes``,
-``active_bytes``, ``reserved_bytes``, ``inactive_bytes`` (cached, unused), ``peak_reserved_bytes``,
-``segments``, ``num_ooms``, ``trace_entries``. ``largest_tensors``: the largest live blocks with
-their first user frame. Findings: ``fragmentation`` (warning) when the cached, unused bytes are
-over 30% of reserved and over 256 MiB; ``oom`` (error) when the trace holds an ``oom`` action,
-with what was allocated then and the largest live allocations of the recorded history.
+allocated at the snapshot when there is no trace. ``cuda`` (a :class:`~memprof.model.CudaStats`):
+``allocated_bytes``, ``reserved_bytes``, ``active_bytes``, ``inactive_bytes`` (cached, unused),
+``peak_reserved_bytes``, ``segments``, ``num_ooms``, ``trace_entries``. ``largest_tensors``: the
+largest live blocks with their first user frame. Findings: ``fragmentation`` (warning) when the
+cached, unused bytes are over 30% of reserved and over 256 MiB; ``oom`` (error) when the trace
+holds an ``oom`` action, with what was allocated then and the largest live allocations of the
+recorded history (an :class:`~memprof.model.OomReport`). The replay of the trace and each
+device's state are in :mod:`memprof.report.snapshot_state`.
 
 Known limitations
 -----------------
@@ -56,8 +58,9 @@ Known limitations
   ``steps`` and ``modules`` are empty, and ``largest_tensors`` give bytes and source lines only.
 - One device per report: with several devices, the one with the most reserved memory (then the
   most trace entries) is read and the others are named in ``report.warnings``.
-- "User frame" is judged by path patterns (``/torch/``, ``/memprof/``, site-packages, the
-  standard library, C++ sources), since the snapshot may come from another machine.
+- "User frame" is :func:`memprof.model.paths.is_user_file`'s rule; a path that does not exist on
+  this machine (the snapshot may come from another) is judged by its folder names (``/torch/``,
+  ``/memprof/``, site-packages, the standard library) and C++ sources are never the user's.
 - ``device.total_bytes`` is unknown (the snapshot does not hold it).
 """
 
@@ -69,21 +72,26 @@ import os
 import pickle
 import pickletools
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memprof._version import __version__
 from memprof.errors import MemprofError
-from memprof.report.model import (
+from memprof.model import (
+    CudaStats,
     DeviceInfo,
     Finding,
     FindingKind,
+    OomReport,
     Recommendation,
     RecommendationKind,
     Report,
     Severity,
     Status,
+    TensorRecord,
 )
+from memprof.model.paths import is_library_file, is_user_file
+from memprof.report.snapshot_state import DeviceState, Replay, as_int, choose_device, device_states, replay_trace
 from memprof.units import fmt_bytes
 
 MiB = 1024**2
@@ -95,12 +103,7 @@ _PICKLE_PEEK = 64
 _ALLOWED_GLOBALS = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
                     ("builtins", "complex")}
 
-_INTERNAL = re.compile(
-    r"([\\/](torch|memprof|site-packages|dist-packages|_pytest|pluggy)[\\/])"
-    r"|([\\/]lib[\\/]python\d+(\.\d+)?[\\/])"
-    r"|(\.(cpp|cc|cxx|c|h|hpp|cu|cuh|so)$)"
-)
-_LIBRARY = re.compile(r"[\\/](site-packages|dist-packages)[\\/]|[\\/]lib[\\/]python\d+(\.\d+)?[\\/]")
+# The library fallback of a user frame: any but torch's, memprof's and compiled sources.
 _TORCH_OR_MEMPROF = re.compile(r"[\\/](torch|memprof)[\\/]|\.(cpp|cc|cxx|c|h|hpp|cu|cuh|so)$")
 
 
@@ -169,17 +172,11 @@ def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- frames
 
 
-def is_user_filename(filename: str) -> bool:
-    if not filename or filename.startswith("<frozen") or filename in ("??", "<unknown>"):
-        return False
-    return not _INTERNAL.search(filename)
-
-
 def user_frame(frames: Any) -> dict[str, Any] | None:
-    """The innermost frame of the user's code: not torch, memprof, a package, the stdlib or C++.
+    """The innermost frame of the user's code (:func:`memprof.model.paths.is_user_file`).
 
-    Falls back to the innermost frame outside torch and memprof (e.g. a library's) when no frame
-    is the user's.
+    Falls back to the innermost frame of an installed library or the standard library, outside
+    torch and memprof, when no frame is the user's.
     """
     if not isinstance(frames, list):
         return None
@@ -188,10 +185,9 @@ def user_frame(frames: Any) -> dict[str, Any] | None:
         if not isinstance(fr, dict):
             continue
         name = str(fr.get("filename") or "")
-        if is_user_filename(name):
+        if is_user_file(name):
             return fr
-        if (fallback is None and name and name != "??" and not name.startswith("<frozen")
-                and not _TORCH_OR_MEMPROF.search(name) and _LIBRARY.search(name)):
+        if fallback is None and is_library_file(name) and not _TORCH_OR_MEMPROF.search(name):
             fallback = fr
     return fallback
 
@@ -214,157 +210,18 @@ def _site(frames: Any) -> tuple[str | None, int | None, str | None]:
     return str(fr.get("filename")), int(line) if isinstance(line, int) else None, fr.get("name")
 
 
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) else 0
-
-
-# ----------------------------------------------------------------------------------------- replay
-
-
-@dataclass
-class _OomEvent:
-    index: int
-    requested: int
-    device_free: int | None
-    allocated: int  # replayed, including the baseline
-    reserved: int
-    frames: Any
-    time_us: int | None
-    live_top: list[tuple[int, int, Any]] = field(default_factory=list)  # (size, addr, frames)
-
-
-@dataclass
-class _Replay:
-    peak_allocated: int
-    peak_reserved: int
-    baseline: int
-    ooms: list[_OomEvent]
-    alloc_frames: dict[int, Any]
-    entries: int
-    first_us: int | None
-    last_us: int | None
-
-
-def _replay(trace: list[Any], end_active: int, end_reserved: int) -> _Replay:
-    """Peak allocated/reserved over ``trace``, anchored on the bytes active at the snapshot."""
-    delta = lo = hi = 0
-    rdelta = rlo = rhi = 0
-    live: dict[int, tuple[int, Any]] = {}
-    alloc_frames: dict[int, Any] = {}
-    oom_raw: list[tuple[int, int, int | None, int, int, Any, int | None, list[tuple[int, int, Any]]]] = []
-    first_us = last_us = None
-    for i, e in enumerate(trace):
-        if not isinstance(e, dict):
-            continue
-        action = e.get("action")
-        size = _int(e.get("size"))
-        t = e.get("time_us")
-        if isinstance(t, int) and t > 0:
-            first_us = t if first_us is None else first_us
-            last_us = t
-        if action == "alloc":
-            delta += size
-            addr = _int(e.get("addr"))
-            live[addr] = (size, e.get("frames"))
-            alloc_frames[addr] = e.get("frames")
-            hi = max(hi, delta)
-        elif action == "free_completed":
-            delta -= size
-            live.pop(_int(e.get("addr")), None)
-            lo = min(lo, delta)
-        elif action in ("segment_alloc", "segment_map"):
-            rdelta += size
-            rhi = max(rhi, rdelta)
-        elif action in ("segment_free", "segment_unmap"):
-            rdelta -= size
-            rlo = min(rlo, rdelta)
-        elif action == "oom":
-            top = heapq.nlargest(5, ((s, a, fr) for a, (s, fr) in live.items()), key=lambda x: x[0])
-            dev_free = e.get("device_free")
-            oom_raw.append((i, size, dev_free if isinstance(dev_free, int) else None, delta, rdelta,
-                            e.get("frames"), t if isinstance(t, int) else None, top))
-    # The bytes before the trace: what makes the replay end at the snapshot's state, but never
-    # less than what keeps every point of the replay non-negative.
-    baseline = max(end_active - delta, -lo, 0)
-    rbaseline = max(end_reserved - rdelta, -rlo, 0)
-    ooms = [
-        _OomEvent(index=i, requested=req, device_free=free, allocated=baseline + d, reserved=rbaseline + rd,
-                  frames=fr, time_us=t, live_top=top)
-        for i, req, free, d, rd, fr, t, top in oom_raw
-    ]
-    return _Replay(peak_allocated=baseline + hi, peak_reserved=rbaseline + rhi, baseline=baseline, ooms=ooms,
-                   alloc_frames=alloc_frames, entries=len(trace), first_us=first_us, last_us=last_us)
-
-
 # ----------------------------------------------------------------------------------------- report
 
 
-@dataclass
-class _DeviceState:
-    index: int
-    reserved: int = 0
-    allocated: int = 0
-    active: int = 0
-    segments: int = 0
-    largest_free_block: int = 0
-    inactive_blocks: int = 0
-    blocks: list[dict[str, Any]] = field(default_factory=list)  # live blocks
-
-
-def _device_states(segments: list[Any]) -> dict[int, _DeviceState]:
-    states: dict[int, _DeviceState] = {}
-    for seg in segments:
-        if not isinstance(seg, dict):
-            continue
-        dev = _int(seg.get("device"))
-        st = states.setdefault(dev, _DeviceState(index=dev))
-        st.segments += 1
-        st.reserved += _int(seg.get("total_size"))
-        blocks = seg.get("blocks")
-        if not isinstance(blocks, list) or not blocks:
-            st.allocated += _int(seg.get("allocated_size"))
-            st.active += _int(seg.get("active_size") or seg.get("allocated_size"))
-            continue
-        for b in blocks:
-            if not isinstance(b, dict):
-                continue
-            size = _int(b.get("size"))
-            state = str(b.get("state", ""))
-            if state == "active_allocated":
-                st.allocated += size
-                st.active += size
-                st.blocks.append(b)
-            elif state.startswith("active"):
-                st.active += size
-            else:
-                st.inactive_blocks += 1
-                st.largest_free_block = max(st.largest_free_block, size)
-    return states
-
-
-def _choose_device(states: dict[int, _DeviceState], traces: list[Any]) -> int:
-    candidates = set(states) | {i for i, t in enumerate(traces) if t}
-    if not candidates:
-        return 0
-
-    def key(d: int) -> tuple[int, int]:
-        trace = traces[d] if d < len(traces) and isinstance(traces[d], list) else []
-        return (states[d].reserved if d in states else 0, len(trace))
-
-    return max(sorted(candidates), key=key)
-
-
-def _largest_blocks(blocks: list[dict[str, Any]], alloc_frames: dict[int, Any]) -> list[dict[str, Any]]:
+def _largest_blocks(blocks: list[dict[str, Any]], alloc_frames: dict[int, Any]) -> list[TensorRecord]:
     out = []
-    for b in heapq.nlargest(LARGEST_BLOCKS, blocks, key=lambda b: _int(b.get("size"))):
-        addr = _int(b.get("address"))
+    for b in heapq.nlargest(LARGEST_BLOCKS, blocks, key=lambda b: as_int(b.get("size"))):
+        addr = as_int(b.get("address"))
         frames = _block_frames(b) or alloc_frames.get(addr)
         file, line, func = _site(frames)
-        entry: dict[str, Any] = {"bytes": _int(b.get("size")), "shape": None, "dtype": None, "category": None,
-                                 "file": file, "line": line, "function": func, "address": addr}
-        if isinstance(b.get("requested_size"), int):
-            entry["requested_bytes"] = b["requested_size"]
-        out.append(entry)
+        requested = b.get("requested_size")
+        out.append(TensorRecord(bytes=as_int(b.get("size")), file=file, line=line, function=func, address=addr,
+                                requested_bytes=requested if isinstance(requested, int) else None))
     return out
 
 
@@ -374,7 +231,7 @@ def _expandable(settings: Any) -> bool:
     return bool(settings.get("expandable_segments"))
 
 
-def _fragmentation(st: _DeviceState, settings: Any) -> tuple[Finding, Recommendation] | None:
+def _fragmentation(st: DeviceState, settings: Any) -> tuple[Finding, Recommendation] | None:
     inactive = st.reserved - st.active
     if st.reserved <= 0 or inactive <= FRAGMENTATION_SHARE * st.reserved or inactive <= FRAGMENTATION_MIN_BYTES:
         return None
@@ -399,11 +256,11 @@ def _fragmentation(st: _DeviceState, settings: Any) -> tuple[Finding, Recommenda
     return finding, rec
 
 
-def _oom_finding(replay: _Replay, path: str) -> tuple[Finding, dict[str, Any]]:
+def _oom_finding(replay: Replay, path: str) -> tuple[Finding, OomReport]:
     last = replay.ooms[-1]
     file, line, func = _site(last.frames)
-    held: list[dict[str, Any]] = [
-        {"bytes": size, "file": f, "line": ln, "function": fn}
+    held = [
+        TensorRecord(bytes=size, file=f, line=ln, function=fn)
         for size, _addr, fr in last.live_top
         for f, ln, fn in [_site(fr)]
     ]
@@ -415,8 +272,8 @@ def _oom_finding(replay: _Replay, path: str) -> tuple[Finding, dict[str, Any]]:
     message = ", ".join(parts)
     if held:
         big = held[0]
-        where = f" at {os.path.basename(big['file'])}:{big['line']}" if big["file"] else ""
-        message += f"; the largest live allocation was {fmt_bytes(big['bytes'])}{where}"
+        where = f" at {os.path.basename(big.file)}:{big.line}" if big.file else ""
+        message += f"; the largest live allocation was {fmt_bytes(big.bytes)}{where}"
     if len(replay.ooms) > 1:
         message += f" ({len(replay.ooms)} out-of-memory errors in the trace; this is the last)"
     finding = Finding(
@@ -426,32 +283,30 @@ def _oom_finding(replay: _Replay, path: str) -> tuple[Finding, dict[str, Any]]:
                "or gradient checkpointing",
         extra={"function": func} if func else {},
     )
-    oom: dict[str, Any] = {
-        "requested_bytes": last.requested,
-        "allocated_bytes": last.allocated,
-        "reserved_bytes": last.reserved,
-        "device_free_bytes": last.device_free,
-        "file": file,
-        "line": line,
-        "num_ooms": len(replay.ooms),
-        "largest_allocations": held,
-        "source": f"memory snapshot {os.path.basename(path)}",
-    }
+    oom = OomReport(
+        source=f"memory snapshot {os.path.basename(path)}",
+        requested_bytes=last.requested,
+        allocated_bytes=last.allocated,
+        reserved_bytes=last.reserved,
+        device_free_bytes=last.device_free,
+        num_ooms=len(replay.ooms),
+        file=file,
+        line=line,
+        largest_allocations=held,
+    )
     return finding, oom
 
 
 def report_from_snapshot_dict(snapshot: dict[str, Any], path: str = "snapshot.pickle") -> Report:
     """The Report for an already loaded snapshot dict (see the module docstring for the schema)."""
-    from memprof import __version__
-
     segments = snapshot.get("segments")
     if not isinstance(segments, list):
         raise MemprofError(f"{path} is not a PyTorch memory snapshot (no 'segments' list)")
     traces_raw = snapshot.get("device_traces")
     traces: list[Any] = traces_raw if isinstance(traces_raw, list) else []
-    states = _device_states(segments)
-    dev = _choose_device(states, traces)
-    st = states.get(dev, _DeviceState(index=dev))
+    states = device_states(segments)
+    dev = choose_device(states, traces)
+    st = states.get(dev, DeviceState(index=dev))
     trace = traces[dev] if dev < len(traces) and isinstance(traces[dev], list) else []
     settings = snapshot.get("allocator_settings")
 
@@ -460,7 +315,7 @@ def report_from_snapshot_dict(snapshot: dict[str, Any], path: str = "snapshot.pi
     if others:
         warnings.append(f"the snapshot covers devices {', '.join(f'cuda:{d}' for d in [dev, *others])}; "
                         f"this report reads cuda:{dev} only")
-    replay = _replay(trace, st.active, st.reserved)
+    replay = replay_trace(trace, st.active, st.reserved)
     if trace:
         peak = max(replay.peak_allocated, st.allocated)
     else:
@@ -471,7 +326,7 @@ def report_from_snapshot_dict(snapshot: dict[str, Any], path: str = "snapshot.pi
 
     findings: list[Finding] = []
     recommendations: list[Recommendation] = []
-    oom: dict[str, Any] | None = None
+    oom: OomReport | None = None
     if replay.ooms:
         finding, oom = _oom_finding(replay, str(path))
         findings.append(finding)
@@ -480,20 +335,19 @@ def report_from_snapshot_dict(snapshot: dict[str, Any], path: str = "snapshot.pi
         findings.append(frag[0])
         recommendations.append(frag[1])
 
-    cuda: dict[str, Any] = {
-        "source": "snapshot",
-        "allocated_bytes": st.allocated,
-        "active_bytes": st.active,
-        "reserved_bytes": st.reserved,
-        "inactive_bytes": st.reserved - st.active,
-        "peak_reserved_bytes": max(replay.peak_reserved, st.reserved),
-        "largest_free_block_bytes": st.largest_free_block,
-        "segments": st.segments,
-        "num_ooms": len(replay.ooms),
-        "trace_entries": len(trace),
-    }
-    if isinstance(settings, dict):
-        cuda["allocator_settings"] = settings
+    cuda = CudaStats(
+        source="snapshot",
+        allocated_bytes=st.allocated,
+        active_bytes=st.active,
+        reserved_bytes=st.reserved,
+        inactive_bytes=st.reserved - st.active,
+        peak_reserved_bytes=max(replay.peak_reserved, st.reserved),
+        largest_free_block_bytes=st.largest_free_block,
+        segments=st.segments,
+        num_ooms=len(replay.ooms),
+        trace_entries=len(trace),
+        allocator_settings=settings if isinstance(settings, dict) else None,
+    )
     duration = 0.0
     if replay.first_us is not None and replay.last_us is not None:
         duration = max(0.0, (replay.last_us - replay.first_us) / 1e6)

@@ -1,6 +1,6 @@
 """The terminal summary memprof prints at the end of a run (and ``memprof report`` prints).
 
-Everything here reads a :class:`~memprof.report.model.Report` and nothing else. Findings are
+Everything here reads a :class:`~memprof.model.Report` and nothing else. Findings are
 listed like compiler diagnostics (``train.py:42: warning: ... [kind]``) so editors and terminals
 can jump to them; errors and warnings first, info after. Lines stay within 100 columns where
 the content allows; ANSI colour only when asked for.
@@ -8,20 +8,31 @@ the content allows; ANSI colour only when asked for.
 
 from __future__ import annotations
 
-import os
 import textwrap
-from collections.abc import Iterable
-from typing import Any
 
-from memprof.report.model import CATEGORIES, Finding, Recommendation, Report, Severity, Status
+from memprof.model import CATEGORIES, Finding, OomReport, Recommendation, Report, Severity, Status, TensorRecord
+from memprof.report.format import (
+    byte_items,
+    device_text,
+    display_path,
+    fmt_pct,
+    fmt_seconds,
+    fmt_shape,
+    fmt_value,
+    has_post_mortem,
+    oom_figures,
+    oom_location,
+    oom_source,
+    reserved_bytes,
+    sorted_findings,
+    status_text,
+)
 from memprof.units import fmt_bytes
 
 WIDTH = 100
 _BAR_WIDTH = 20
 _MAX_INFO = 6
 _MAX_TENSORS = 8
-
-_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 
 class _Style:
@@ -71,97 +82,12 @@ class _Glyphs:
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def display_path(path: str | None, cwd: str | None = None) -> str:
-    """``path`` relative to the current directory when that is shorter, else as given."""
-    if not path:
-        return ""
-    try:
-        rel = os.path.relpath(path, cwd or os.getcwd())
-    except ValueError:  # another drive (Windows)
-        return path
-    return rel if len(rel) < len(path) else path
-
-
 def location(finding: Finding, cwd: str | None = None) -> str:
     """``file:line`` for a finding (``file`` alone without a line; empty without a file)."""
     if not finding.file:
         return ""
     path = display_path(finding.file, cwd)
     return f"{path}:{finding.line}" if finding.line else path
-
-
-def budget_bytes(report: Report) -> int | None:
-    """The memory the run was planned for (``--budget`` or the device's), when the report knows it."""
-    if isinstance(report.advisor, dict):
-        value = report.advisor.get("budget_bytes")
-        if isinstance(value, (int, float)) and value > 0:
-            return int(value)
-    for rec in report.recommendations:
-        if rec.budget_bytes:
-            return int(rec.budget_bytes)
-    return None
-
-
-def fmt_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s" if seconds >= 0.1 or seconds == 0 else f"{seconds * 1000:.0f} ms"
-    minutes, sec = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def fmt_pct(part: float, whole: float) -> str:
-    if whole <= 0:
-        return "n/a"
-    pct = 100.0 * part / whole
-    if pct == 0:
-        return "0%"
-    if pct < 1:
-        return f"{pct:.1f}%"
-    return f"{pct:.0f}%"
-
-
-def fmt_shape(shape: Any) -> str:
-    if shape is None:
-        return ""
-    if isinstance(shape, (list, tuple)):
-        return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
-    return str(shape)
-
-
-def fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(fmt_value(v) for v in value)
-    return str(value)
-
-
-def status_text(report: Report) -> str:
-    if report.status is Status.OOM:
-        return "OUT OF MEMORY"
-    if report.status is Status.ERROR:
-        return f"error (exit {report.exit_code})" if report.exit_code not in (None, 0) else "error"
-    if report.status is Status.INTERRUPTED:
-        return "interrupted"
-    if report.exit_code not in (None, 0):
-        return f"ok (exit {report.exit_code})"
-    return "ok"
-
-
-def device_text(report: Report) -> str:
-    dev = report.device
-    if dev.type == "cuda":
-        where = f"cuda:{dev.index}" if dev.index is not None else "cuda"
-        return where if dev.name in ("", where, "cuda") else f"{dev.name} ({where})"
-    return dev.name if dev.name and dev.name != dev.type else dev.type
-
-
-def sorted_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Errors, then warnings, then info; the most bytes first within a severity."""
-    return sorted(findings, key=lambda f: (_SEVERITY_ORDER.get(f.severity, 3), -int(f.bytes or 0)))
 
 
 def _trim(text: str, width: int, ellipsis: str) -> str:
@@ -171,18 +97,6 @@ def _trim(text: str, width: int, ellipsis: str) -> str:
 def _wrap(text: str, indent: str, width: int = WIDTH) -> list[str]:
     return textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent,
                          break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
-
-
-def reserved_bytes(report: Report) -> tuple[str, int] | None:
-    """(label, bytes) of the CUDA allocator's reserved memory, its peak when the report has it."""
-    if not isinstance(report.cuda, dict):
-        return None
-    for key, label in (("max_reserved_bytes", "peak reserved"), ("peak_reserved_bytes", "peak reserved"),
-                       ("reserved_bytes", "reserved"), ("reserved", "reserved")):
-        value = report.cuda.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return label, int(value)
-    return None
 
 
 # ----------------------------------------------------------------------------------------- sections
@@ -219,7 +133,7 @@ def _header(report: Report, st: _Style, g: _Glyphs, cwd: str | None) -> list[str
 def _peak(report: Report, st: _Style, g: _Glyphs) -> list[str]:
     lines: list[str] = []
     total = report.device.total_bytes
-    budget = budget_bytes(report)
+    budget = report.budget_bytes
     shares = []
     if budget:
         shares.append(f"{fmt_pct(report.peak_bytes, budget)} of the {fmt_bytes(budget)} budget")
@@ -357,7 +271,7 @@ def recommendation_figures(rec: Recommendation, budget: int | None, arrow: str =
 def _recommendations(report: Report, st: _Style, g: _Glyphs) -> list[str]:
     if not report.recommendations:
         return []
-    budget = budget_bytes(report)
+    budget = report.budget_bytes
     lines = [st.bold("recommendations")]
     for rec in report.recommendations:
         head = f"  {rec.kind.value}: {rec.message.strip()}"
@@ -372,79 +286,27 @@ def _recommendations(report: Report, st: _Style, g: _Glyphs) -> list[str]:
     return lines
 
 
-_OOM_SKIP = {"message", "file", "line", "source"}
-OOM_LABELS = {
-    "num_ooms": "out-of-memory errors",
-    "requested_bytes": "requested",
-    "allocated_bytes": "allocated",
-    "live_bytes": "live",
-    "reserved_bytes": "reserved",
-    "limit_bytes": "limit",
-    "free_bytes": "free",
-    "device_free_bytes": "free on device",
-    "total_bytes": "device total",
-}
-_OOM_SOURCES = {"memory-limit": "rehearsed with --memory-limit", "cuda": "the CUDA allocator"}
 _MAX_HELD = 5
 
 
-def oom_location(report: Report) -> tuple[str | None, int | None]:
-    """Where the out-of-memory happened: the post-mortem's own file/line, else the oom finding's."""
-    oom = report.oom or {}
-    if oom.get("file"):
-        line = oom.get("line")
-        return str(oom["file"]), line if isinstance(line, int) else None
-    for f in report.findings:
-        if f.kind.value == "oom" and f.file:
-            return f.file, f.line
-    return None, None
-
-
-def byte_items(value: Any) -> list[tuple[str, int]]:
-    """``{name: bytes}`` or ``[{"name"|"module"|"category": ..., "bytes": ...}]`` as sorted pairs."""
-    pairs: list[tuple[str, int]] = []
-    if isinstance(value, dict):
-        pairs = [(str(k), int(v)) for k, v in value.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict) and isinstance(item.get("bytes"), (int, float)):
-                name = item.get("name") or item.get("module") or item.get("category")
-                if name is not None:
-                    pairs.append((str(name), int(item["bytes"])))
-    return sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])
-
-
-def oom_source(value: Any) -> str:
-    return _OOM_SOURCES.get(str(value), str(value))
-
-
 def _oom(report: Report, st: _Style, g: _Glyphs, cwd: str | None) -> list[str]:
-    if report.status is not Status.OOM and not report.oom:
+    if not has_post_mortem(report):
         return []
-    oom = report.oom or {}
+    oom = report.oom or OomReport()
     title = "out of memory: post-mortem"
-    if oom.get("source"):
-        title += f" ({oom_source(oom['source'])})"
+    if oom.source:
+        title += f" ({oom_source(oom.source)})"
     lines = [st.red(title)]
-    if oom.get("message"):
-        lines.extend(_wrap(str(oom["message"]), "  "))
+    if oom.message:
+        lines.extend(_wrap(str(oom.message), "  "))
     file, line = oom_location(report)
     if file:
         lines.append(f"  at {display_path(file, cwd)}" + (f":{line}" if line else ""))
-    figures = []
-    for key, value in oom.items():
-        if key in _OOM_SKIP or isinstance(value, (dict, list)) or value is None or value == "":
-            continue
-        label = OOM_LABELS.get(key, key.replace("_bytes", "").replace("_", " "))
-        if key.endswith("_bytes") and isinstance(value, (int, float)):
-            figures.append(f"{label} {fmt_bytes(value)}")
-        else:
-            figures.append(f"{label} {fmt_value(value)}")
+    figures = [f"{label} {shown}" for label, shown in oom_figures(oom)]
     if figures:
         lines.extend(_wrap(", ".join(figures), "  "))
     for key, value in oom.items():
-        items = byte_items(value) if key not in ("largest_allocations",) else []
+        items = byte_items(value) if key != "largest_allocations" else []
         if not items:
             continue
         label = {"breakdown": "held by", "by_module": "by module"}.get(key, key.replace("_", " "))
@@ -452,27 +314,29 @@ def _oom(report: Report, st: _Style, g: _Glyphs, cwd: str | None) -> list[str]:
                           for name, b in items[:_MAX_HELD])
         more = f", {g.ellipsis}" if len(items) > _MAX_HELD else ""
         lines.extend(_wrap(f"{label}: {shown}{more}", "  "))
-    tensors = [t for t in report.largest_tensors if isinstance(t, dict)]
+    tensors = list(report.largest_tensors)
     title_tensors = "largest live tensors"
-    if not tensors and isinstance(oom.get("largest_allocations"), list):
-        tensors = [t for t in oom["largest_allocations"] if isinstance(t, dict)]
+    if not tensors and oom.largest_allocations:
+        tensors = list(oom.largest_allocations)
         title_tensors = "largest allocations"
     if tensors:
         lines.append(f"  {title_tensors} ({min(len(tensors), _MAX_TENSORS)} of {len(tensors)}):")
-        for t in tensors[:_MAX_TENSORS]:
-            size = t.get("bytes")
-            desc = [f"{fmt_bytes(size if isinstance(size, (int, float)) else None):>10}"]
-            for key in ("dtype", "category"):
-                if t.get(key):
-                    desc.append(str(t[key]).replace("torch.", ""))
-            if t.get("shape") is not None:
-                desc.append(fmt_shape(t.get("shape")))
-            if t.get("module"):
-                desc.append(f"in {t['module']}")
-            if t.get("file"):
-                desc.append("at " + display_path(str(t["file"]), cwd) + (f":{t['line']}" if t.get("line") else ""))
-            lines.append(_trim("    " + "  ".join(desc), WIDTH, g.ellipsis))
+        lines.extend(_tensor_line(t, g, cwd) for t in tensors[:_MAX_TENSORS])
     return lines
+
+
+def _tensor_line(t: TensorRecord, g: _Glyphs, cwd: str | None) -> str:
+    desc = [f"{fmt_bytes(t.bytes):>10}"]
+    for value in (t.dtype, t.category):
+        if value:
+            desc.append(str(value).replace("torch.", ""))
+    if t.shape is not None:
+        desc.append(fmt_shape(t.shape))
+    if t.module:
+        desc.append(f"in {t.module}")
+    if t.file:
+        desc.append("at " + display_path(str(t.file), cwd) + (f":{t.line}" if t.line else ""))
+    return _trim("    " + "  ".join(desc), WIDTH, g.ellipsis)
 
 
 def _warnings(report: Report, st: _Style) -> list[str]:

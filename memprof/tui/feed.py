@@ -2,7 +2,7 @@
 
 The screens poll these (never block on them), so tests swap in fakes: a :class:`QueueFeed` they
 push events into, a list of lines, a fixed list of runs. The real ones read the live channel
-(:mod:`memprof.live.channel`) and the child's log file.
+(:mod:`memprof.live.client`) and the child's log file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from memprof.live.channel import ChannelClosed, LiveClient, LiveRun, discover, pid_alive
+from memprof.live.client import ChannelClosed, LiveClient, LiveRun, discover, pid_alive
 from memprof.live.state import LiveState
 
 FINAL_STATUSES = frozenset({"ok", "error", "oom", "interrupted"})
@@ -224,7 +224,7 @@ class RunsSource(Protocol):
 
 
 class DirectoryRuns:
-    """The runs found in the live directory (``memprof.live.channel.discover``)."""
+    """The runs found in the live directory (``memprof.live.client.discover``)."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self.directory = directory

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import IO, Any, Protocol
 
 from memprof.errors import MemprofError
-from memprof.live.channel import ENV_SOCKET, ensure_private_dir, live_dir
+from memprof.live.paths import ENV_SOCKET, ensure_private_dir, live_dir
 
 
 class _Runnable(Protocol):

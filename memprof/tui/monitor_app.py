@@ -14,10 +14,11 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
 from memprof.hw.gpu import GpuBackend, GpuStatus
-from memprof.live.channel import LiveRun
+from memprof.live.client import LiveRun
 from memprof.tui.feed import RunFeed, RunsSource, SocketFeed
 from memprof.tui.format import STATUS_LABEL, bar, budget_of, command_line, diagnoses, duration, pct, top_finding
-from memprof.tui.run_screen import VIEWER_HINT, RunScreen, finding_option
+from memprof.tui.panels import finding_option
+from memprof.tui.run_screen import VIEWER_HINT, RunScreen
 from memprof.units import fmt_bytes
 
 MONITOR_HINT = "enter: live view of the highlighted run · r: refresh now · q: quit (no run is affected)"

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -22,66 +21,32 @@ from textual.widgets.data_table import RowKey
 from memprof.hw.gpu import GpuBackend, GpuStatus
 from memprof.live.state import LiveState
 from memprof.tui.feed import FINAL_STATUSES, FeedEvent, LogSource, RunFeed
-from memprof.tui.format import (
-    SEVERITY_ICON,
-    STATUS_LABEL,
-    bar,
-    budget_of,
-    command_line,
-    duration,
-    finding_fix,
-    pct,
-    recommendation_line,
-    where,
+from memprof.tui.format import budget_of, recommendation_line
+from memprof.tui.panels import (
+    MODULE_COLUMNS,
+    SORT_CYCLE,
+    TEXT_COLUMNS,
+    banner,
+    column_label,
+    ended_text,
+    finding_detail,
+    finding_key,
+    finding_option,
+    memory_box,
+    module_cells,
+    new_finding_notice,
+    recommendations_text,
+    run_box,
+    sort_modules,
+    top_bar,
 )
 from memprof.tui.widgets import MemoryChart, gpu_panel
-from memprof.units import fmt_bytes
 
 CLOSING_HINT = (
     "q closes this UI only: the run goes on (output continues in this terminal) and still writes its report"
     " · ctrl+c interrupts the run"
 )
 VIEWER_HINT = "q/escape: back to the monitor (the run is not affected)"
-
-def _module_total(m: dict[str, Any]) -> int:
-    return sum(int(m.get(k) or 0) for k in ("parameter_bytes", "activation_bytes", "gradient_bytes"))
-
-
-# The module table's columns, all sortable: (key, header, width, value of a module dict)
-MODULE_COLUMNS: tuple[tuple[str, str, int, Callable[[dict[str, Any]], Any]], ...] = (
-    ("name", "Module", 19, lambda m: str(m.get("name", ""))),
-    ("type", "Type", 14, lambda m: str(m.get("type", ""))),
-    ("parameter_bytes", "Params", 9, lambda m: int(m.get("parameter_bytes") or 0)),
-    ("activation_bytes", "Activations", 11, lambda m: int(m.get("activation_bytes") or 0)),
-    ("gradient_bytes", "Grads", 9, lambda m: int(m.get("gradient_bytes") or 0)),
-    ("total", "Total", 9, _module_total),
-)
-_TEXT_COLUMNS = {"name", "type"}
-SORT_CYCLE = ("total", "activation_bytes", "parameter_bytes", "gradient_bytes", "name", "type")
-
-
-def finding_key(f: dict[str, Any]) -> tuple[Any, ...]:
-    return (f.get("kind"), f.get("file"), f.get("line"), f.get("variable"))
-
-
-def finding_option(f: dict[str, Any]) -> Text:
-    """Two lines: what and where (file:line, variable, bytes), then the fix."""
-    sev = str(f.get("severity", "info"))
-    style = {"error": "bold red", "warning": "bold yellow"}.get(sev, "bold cyan")
-    out = Text()
-    out.append(f"{SEVERITY_ICON.get(sev, '?')} {f.get('kind', '?')}", style=style)
-    out.append(f"  {where(f)}", style="bold")
-    if f.get("variable"):
-        out.append("  ")
-        out.append(str(f["variable"]), style="bold magenta")
-    out.append("\n ")
-    if f.get("bytes"):
-        out.append(f" {fmt_bytes(int(f['bytes']))} ·", style="bold")
-    fix = finding_fix(f)
-    if fix:
-        out.append(" fix: ", style="green")
-        out.append(fix)
-    return out
 
 
 class RunScreen(Screen[None]):
@@ -240,9 +205,7 @@ class RunScreen(Screen[None]):
         for f in new:
             self.seen_findings.add(finding_key(f))
         for f in new[:3]:
-            var = f" `{f['variable']}`" if f.get("variable") else ""
-            size = f": {fmt_bytes(int(f['bytes']))}" if f.get("bytes") else ""
-            text = f"{f.get('kind')}{var} at {where(f)}{size}\n{finding_fix(f)}"
+            text = new_finding_notice(f)
             self.announced.append(text)
             self.notify(text, title="New finding", severity="error" if f.get("severity") == "error" else "warning",
                         timeout=6)
@@ -281,96 +244,23 @@ class RunScreen(Screen[None]):
         return max(end - st.started_at, 0.0)
 
     def _ended_text(self, status: str) -> str:
-        label = STATUS_LABEL.get(status, status.upper())
-        code = f", exit code {self.exit_code}" if self.exit_code is not None else ""
-        report = f" · report: {self.state.report_path}" if self.state and self.state.report_path else ""
-        return f"Run {label.lower()}{code}{report}"
+        return ended_text(status, self.exit_code, self.state.report_path if self.state else None)
 
     def _render_top(self) -> None:
         if not self._ready:
             return
-        st = self.state
-        top = Text()
-        top.append(" memprof ", style="bold reverse")
-        top.append("  ")
-        if st is None:
-            top.append("waiting for the run…", style="dim")
-        else:
-            top.append(command_line(st), style="bold")
-            top.append(f"   pid {st.pid}   ", style="dim")
-            status = st.status
-            style = {"running": "bold green", "ok": "bold cyan", "interrupted": "bold yellow"}.get(status, "bold red")
-            top.append(f"● {STATUS_LABEL.get(status, status.upper())}", style=style)
-            top.append(f"   elapsed {duration(self._elapsed())}", style="dim")
-        self.query_one("#topbar", Static).update(top)
-
-        banner = self.query_one("#banner", Static)
-        banner.set_classes("")
-        if self.link == "ended":
-            status = st.status if st else "?"
-            why = "" if status in FINAL_STATUSES else f" · {self.link_message}"
-            banner.update(Text(f" {self._ended_text(status)}{why} · q closes the UI"))
-            banner.set_classes("-ended" if status == "ok" else "-failed")
-        elif self.link == "dropped":
-            banner.update(Text(
-                f" ⚠ Live channel lost: {self.link_message}. The run itself is not affected and still writes its "
-                "report; reconnecting…"
-            ))
-            banner.set_classes("-dropped")
-        elif self.link == "waiting":
-            banner.update(Text(f" … {self.link_message}"))
-            banner.set_classes("-waiting")
-        else:
-            banner.update("")
-        banner.display = self.link != "live"
+        self.query_one("#topbar", Static).update(top_bar(self.state, self._elapsed()))
+        content, css_class = banner(self.link, self.link_message, self.state, self.exit_code)
+        line = self.query_one("#banner", Static)
+        line.update(content)
+        line.set_classes(css_class)
+        line.display = self.link != "live"
 
     def _render_stats(self) -> None:
         st = self.state
         self.query_one("#step", Digits).update(f"{st.step:,}" if st else "0")
-        run = Text()
-        if st is None:
-            run.append("no state yet", style="dim")
-        else:
-            run.append("Batch size ", style="dim")
-            run.append("—" if st.batch_size is None else str(st.batch_size), style="bold")
-            run.append("\nPhase      ", style="dim")
-            run.append(st.phase)
-            dev = st.device or {}
-            run.append("\nDevice     ", style="dim")
-            run.append(str(dev.get("name") or dev.get("type") or "?")[:28])
-        self.query_one("#run-box", Static).update(run)
-
-        mem = Text()
-        if st is None:
-            mem.append("no state yet", style="dim")
-        else:
-            limit, what = budget_of(st)
-            width = 30
-            for label, value in (("Current", st.current_bytes), ("Peak   ", st.peak_bytes)):
-                frac = value / limit if limit else (value / st.peak_bytes if st.peak_bytes else 0.0)
-                style = "red" if limit and frac > 0.9 else "yellow" if limit and frac > 0.75 else "green"
-                mem.append(f"{label} ", style="dim")
-                mem.append(f"{fmt_bytes(value):>10} ", style="bold")
-                mem.append(bar(frac, width), style=style)
-                if limit:
-                    mem.append(f" {pct(value, limit):>4} of {what}")
-                if label.strip() == "Peak" and st.peak_step is not None:
-                    mem.append(f" · step {st.peak_step}", style="dim")
-                mem.append("\n")
-            if limit:
-                mem.append(f"{'Budget' if what == 'budget' else 'Device'}  {fmt_bytes(limit):>10}", style="dim")
-                headroom = limit - st.peak_bytes
-                mem.append(f"  headroom {fmt_bytes(headroom)} above the peak", style="dim" if headroom > 0 else "red")
-            else:
-                mem.append("No budget (CPU run): bars are relative to the peak; set --budget", style="dim")
-            if st.breakdown:
-                mem.append("\nAt peak ", style="dim")
-                parts = sorted(st.breakdown.items(), key=lambda kv: -kv[1])[:3]
-                for i, (name, value) in enumerate(parts):
-                    mem.append(" · " if i else " ", style="dim")
-                    mem.append(f"{name.replace('_', ' ')} ", style="dim")
-                    mem.append(fmt_bytes(value), style="bold magenta" if i == 0 else "")
-        self.query_one("#memory-box", Static).update(mem)
+        self.query_one("#run-box", Static).update(run_box(st))
+        self.query_one("#memory-box", Static).update(memory_box(st))
 
     def _render_devices(self) -> None:
         if not self._ready:
@@ -379,9 +269,7 @@ class RunScreen(Screen[None]):
         self.query_one("#devices", Static).update(gpu_panel(self.gpu_status, own))
 
     def sorted_modules(self) -> list[dict[str, Any]]:
-        mods = list(self.state.modules) if self.state else []
-        getter = next(g for k, _, _, g in MODULE_COLUMNS if k == self.sort_by)
-        return sorted(mods, key=getter, reverse=self.sort_reverse)
+        return sort_modules(self.state.modules if self.state else [], self.sort_by, self.sort_reverse)
 
     def _render_modules(self) -> None:
         mods = self.sorted_modules()
@@ -393,13 +281,9 @@ class RunScreen(Screen[None]):
         keep = self._cursor_key(table)
         table.clear()
         for m in mods:
-            cells: list[str | Text] = []
-            for k, _, _, getter in MODULE_COLUMNS:
-                value = getter(m)
-                cells.append(str(value) if k in _TEXT_COLUMNS else Text(fmt_bytes(value), justify="right"))
-            table.add_row(*cells, key=str(m.get("name")))
+            table.add_row(*module_cells(m), key=str(m.get("name")))
         arrow = "▼" if self.sort_reverse else "▲"
-        label = next(lbl for k, lbl, _, _ in MODULE_COLUMNS if k == self.sort_by)
+        label = column_label(self.sort_by)
         table.border_title = f"Modules ({len(mods)})"
         table.border_subtitle = f"sorted by {label} {arrow} · s: next column · r: reverse"
         self._restore_cursor(table, keep)
@@ -421,31 +305,13 @@ class RunScreen(Screen[None]):
             serious = sum(1 for f in findings if f.get("severity") in ("error", "warning"))
             listing.border_title = f"Findings ({len(findings)})"
             listing.border_subtitle = f"{serious} to fix" if serious else ""
-            rec_text = Text()
-            for r in recs:
-                rec_text.append("• ", style="bold green")
-                rec_text.append(recommendation_line(r) + "\n")
-            if not recs:
-                rec_text.append("none yet", style="dim")
-            rec_text.rstrip()
-            self.query_one("#recommendations", Static).update(rec_text)
+            self.query_one("#recommendations", Static).update(recommendations_text(recs))
         self._render_finding_detail()
 
     def _render_finding_detail(self) -> None:
-        st = self.state
-        detail = self.query_one("#finding-detail", Static)
-        if st is None or not st.findings:
-            detail.update(Text("No findings so far: they appear here as soon as they are found.", style="dim"))
-            return
+        findings = self.state.findings if self.state else []
         row = self.query_one("#findings", OptionList).highlighted or 0
-        f = st.findings[min(max(row, 0), len(st.findings) - 1)]
-        out = Text()
-        out.append(f"{f.get('file') or '<run>'}" + (f":{f.get('line')}" if f.get("line") else ""), style="underline")
-        if f.get("step") is not None:
-            out.append(f"  (found at step {f['step']})", style="dim")
-        out.append("\n")
-        out.append(str(f.get("message") or ""))
-        detail.update(out)
+        self.query_one("#finding-detail", Static).update(finding_detail(findings, row))
 
     @staticmethod
     def _cursor_key(table: DataTable[Any]) -> RowKey | None:
@@ -477,13 +343,13 @@ class RunScreen(Screen[None]):
         if key == self.sort_by:
             self.sort_reverse = not self.sort_reverse
         else:
-            self.sort_by, self.sort_reverse = key, key not in _TEXT_COLUMNS
+            self.sort_by, self.sort_reverse = key, key not in TEXT_COLUMNS
         self._render_modules()
 
     def action_sort_next(self) -> None:
         i = SORT_CYCLE.index(self.sort_by) if self.sort_by in SORT_CYCLE else -1
         self.sort_by = SORT_CYCLE[(i + 1) % len(SORT_CYCLE)]
-        self.sort_reverse = self.sort_by not in _TEXT_COLUMNS
+        self.sort_reverse = self.sort_by not in TEXT_COLUMNS
         self._render_modules()
 
     def action_sort_reverse(self) -> None:

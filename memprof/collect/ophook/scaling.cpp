@@ -1,0 +1,47 @@
+// Batch scaling: which storages grow with the batch size, as
+// memprof.collect.storage.StorageTracker._scales decides it (the advisor's batch-size figures).
+#include "ledger.h"
+
+#include <algorithm>
+
+namespace memprof {
+
+// A shape scales when the batch leads it (or a multiple of it does, batch * sequence) or is one of
+// its dimensions, unless it is a parameter's size (a gradient, optimizer state, a transposed
+// weight gradient): the same numel in another shape (an activation) still may.
+bool Ledger::scales(c10::IntArrayRef shape) const {
+  const int64_t b = batch;
+  if (b <= 0 || shape.empty()) return false;
+  const bool has_b = std::find(shape.begin(), shape.end(), b) != shape.end();
+  if (!((shape[0] >= b && shape[0] % b == 0) || has_b)) return false;
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  if (!fixed_numels.count(numel)) return true;
+  std::vector<int64_t> sorted(shape.begin(), shape.end());
+  std::sort(sorted.begin(), sorted.end());
+  return !fixed_shapes.count(sorted);
+}
+
+// The batch size and the parameters' sizes (numels, sorted shapes) that scales() checks.
+void Ledger::set_scaling(int64_t batch_size, const std::vector<int64_t>& numels,
+                         const std::vector<std::vector<int64_t>>& sorted_shapes) {
+  std::lock_guard<SpinLock> g(mu);
+  batch = batch_size;
+  fixed_numels = std::unordered_set<int64_t>(numels.begin(), numels.end());
+  fixed_shapes = std::set<std::vector<int64_t>>(sorted_shapes.begin(), sorted_shapes.end());
+}
+
+// The first model call's batch: pre-loop storages that scale with it (its inputs, when known).
+void Ledger::mark_first_batch(const std::unordered_set<intptr_t>& inputs) {
+  std::lock_guard<SpinLock> g(mu);
+  for (auto& kv : live_entries) {
+    Entry* e = kv.second;
+    if (!e->scaled && e->category >= TRANSIENT_FROM && e->step == PRE_LOOP && !e->shape.empty() &&
+        e->shape[0] == batch && scales(e->shape) && (inputs.empty() || inputs.count(e->key))) {
+      e->scaled = true;
+      scaled_live += e->nbytes;
+    }
+  }
+}
+
+}  // namespace memprof

@@ -1,0 +1,35 @@
+"""pandas views of a report. pandas is imported only when a frame is asked for."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memprof.model.report import Report
+
+
+def steps_frame(report: Report) -> Any:
+    import pandas as pd
+
+    cols = ["index", "peak_bytes", "end_bytes", "batch_size", "seconds", "phase", "detailed"]
+    return pd.DataFrame([asdict(s) for s in report.steps], columns=cols)
+
+
+def modules_frame(report: Report) -> Any:
+    import pandas as pd
+
+    cols = ["name", "type", "parameter_bytes", "activation_bytes", "gradient_bytes", "calls"]
+    return pd.DataFrame([asdict(m) for m in report.modules], columns=cols)
+
+
+def findings_frame(report: Report) -> Any:
+    import pandas as pd
+
+    rows = [
+        {"kind": f.kind.value, "severity": f.severity.value, "file": f.file, "line": f.line,
+         "variable": f.variable, "bytes": f.bytes, "step": f.step, "message": f.message, "advice": f.advice}
+        for f in report.findings
+    ]
+    cols = ["kind", "severity", "file", "line", "variable", "bytes", "step", "message", "advice"]
+    return pd.DataFrame(rows, columns=cols)
