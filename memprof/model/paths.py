@@ -26,8 +26,10 @@ def _internal_dirs() -> tuple[str, ...]:
 _INTERNAL_DIRS = _internal_dirs()
 _LIBRARY = re.compile(r"[\\/](site-packages|dist-packages)[\\/]|[\\/]lib[\\/]python\d+(\.\d+)?[\\/]")
 _COMPILED = re.compile(r"\.(cpp|cc|cxx|c|h|hpp|cu|cuh|so)$")
-# Only for a path that does not exist here: a user's own folder may well be called "memprof".
-_FOREIGN_INTERNAL = re.compile(r"[\\/](torch|memprof|_pytest|pluggy)[\\/]")
+# A package of these names, by its path: recorded on another machine (the path does not exist
+# here), or a copy of the package beside the installed one (its folder has an __init__.py). A
+# user's own folder that is merely called "memprof" is neither.
+_PACKAGE_SEGMENT = re.compile(r"^(.*?[\\/](?:torch|memprof|_pytest|pluggy))[\\/]")
 _cache: dict[str, bool] = {}
 
 
@@ -50,4 +52,7 @@ def _judge(filename: str) -> bool:
     real = os.path.realpath(filename)
     if real.startswith(_INTERNAL_DIRS) or is_library_file(real):
         return False
-    return not (_FOREIGN_INTERNAL.search(filename) and not os.path.exists(filename))
+    m = _PACKAGE_SEGMENT.match(filename)
+    if m is None:
+        return True
+    return os.path.exists(filename) and not os.path.exists(os.path.join(m.group(1), "__init__.py"))
