@@ -37,8 +37,9 @@ class Doctor:
                 self.findings.append(f)
             else:  # the same problem seen again: keep the first step, and the latest figures
                 graver = f.severity.rank < old.severity.rank
-                if f.bytes >= old.bytes or graver:
+                if f.bytes >= old.bytes or graver:  # the figures, message and variable of one finding
                     old.bytes, old.message, old.advice, old.extra = f.bytes, f.message, f.advice, f.extra
+                    old.variable = f.variable
                 if graver:
                     old.severity = f.severity
 

@@ -39,7 +39,9 @@ class LingeringTensorDetector(BaseDetector):
                 continue
             file, path = key
             c = cands[0]
-            line = find_statement(file, c.function or "", c.first_line or 0, c.line, path, rebinding=True)
+            expr = path.split(" (in ", 1)[0]  # "last (in closure log)": written "last" in the closure
+            line = find_statement(file, c.function or "", c.first_line or 0, c.line, expr, rebinding=True,
+                                  owner_file=file if "." in expr else None)
             share = total / max(peak, 1)
             out.append(Finding(
                 kind=self.kind,
@@ -49,7 +51,7 @@ class LingeringTensorDetector(BaseDetector):
                     f"at this iteration's peak; dropping it earlier lowers the peak by {fmt_bytes(total)} ({share:.0%})"
                 ),
                 advice=(
-                    f"`del {path}` once it is used, or keep only what you need of it "
+                    f"`del {expr}` once it is used, or keep only what you need of it "
                     f"(a slice, `.cpu()`, a number) so the peak drops by about {fmt_bytes(total)}"
                 ),
                 file=file, line=line if line is not None else c.line, variable=path, bytes=total, step=it.index,

@@ -1,223 +1,245 @@
-"""References from frames and containers, and the autograd graphs behind them.
+"""The census: what holds tensors in the user's program, and the autograd graphs behind them.
 
-At a detailed step boundary the census looks at the user's frames (locals, ``self`` attributes,
-attributes of the user's own objects) and summarises every variable that holds tensors: how many,
-how many bytes, how big the autograd history behind them is, and whether that history still
-holds saved tensors (which backward frees, unless ``retain_graph=True`` or no backward ran).
-The doctor compares these observations from step to step.
+At a detailed step boundary the census follows references from the user's frames
+(:mod:`memprof.collect.holders`: locals, objects, containers, closures, generators, module
+attributes and buffers, at any depth, in a bounded walk) and summarises every holder of tensors:
+how many, how many bytes, how big the autograd history behind them is, whether that history still
+holds saved tensors (which backward frees, unless ``retain_graph=True`` or no backward ran), and
+what tells where it is changed: the op that made the newest node of its graph, the user line that
+made its newest storage (when the storage tracker knows it), how its chain is written in the
+source. The doctor compares these observations from step to step.
 
 It also offers :func:`live_tensors`, the heap scan that adds storages created while the tracker
-was off (watch mode, or before ``memprof.track()``).
+was off (watch mode, or before ``memprof.track()``), and :func:`names_of_storages`, the holder of
+given storages.
 
-Known limitations: a variable is seen only while a frame on the main thread's stack holds it,
-or an object such a frame holds (one level down); traversals are bounded (``MAX_NODES``).
+Known limitations: only what the main thread's user frames (and the user's modules) reach is
+seen; the walk and the graph traversals are bounded (``holders.MAX_OBJECTS``, ``MAX_NODES``).
 """
 
 from __future__ import annotations
 
-import collections
 import gc
-import inspect
 import itertools
 import sys
 import time
 import types
 import warnings
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
+from memprof.collect.graph_walk import MAX_NODES, GraphWalker, saved_by_graphs, stamp, storage_key
+from memprof.collect.holders import (
+    CONTAINER,
+    CONTAINERS,
+    OBJECT,
+    TENSOR,
+    Link,
+    Walk,
+    frame_locals,
+    kind_of,
+    release_locals_snapshot,
+)
 from memprof.collect.sites import is_user_file, user_frames
-from memprof.model.run import GraphStats, VarObservation
+from memprof.model.run import VarObservation
 
-MAX_NODES = 4000  # autograd nodes visited per census
+__all__ = ["MAX_NODES", "GraphWalker", "Observation", "census", "live_objects", "live_tensors", "names_of_storages",
+           "reachable_tensors", "release_locals_snapshot"]
+
 MAX_ITEMS = 20000  # container items looked at per variable
+SAMPLE_ENDS = 512  # a container longer than 4x this is read by its first and last items
 last_scan_seconds = 0.02  # how long the last heap scan (live_objects) took
+last_census_seconds = 0.0  # how long the last census took...
+last_census_objects = 0  # ...and how many objects its walk visited
 
-_CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)
+_CONTAINERS = CONTAINERS
 _SKIP_TYPES = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)
+SiteOf = Callable[[torch.Tensor], "tuple[str, int] | None"]
 
 
-class _SavedNames:
-    """Names of a node type's ``_saved_*`` (unpacked) or ``_raw_saved_*`` (as stored) attributes,
-    cached per type and prefix: dir() is slow."""
-
-    cache: dict[tuple[type, str], tuple[str, ...]] = {}
-
-    @classmethod
-    def _names(cls, node: Any, prefix: str) -> tuple[str, ...]:
-        key = (type(node), prefix)
-        names = cls.cache.get(key)
-        if names is None:
-            names = tuple(a for a in dir(node) if a.startswith(prefix))
-            cls.cache[key] = names
-        return names
-
-    @classmethod
-    def of(cls, node: Any) -> tuple[str, ...]:
-        return cls._names(node, "_saved_")
-
-    @classmethod
-    def raw(cls, node: Any) -> tuple[str, ...]:
-        """The saved tensors, read without unpacking."""
-        return cls._names(node, "_raw_saved_")
-
-
-def _nothing_saved(node: Any) -> bool:
-    """True when a node holds no saved tensor: freed by a backward, or never defined.
-
-    Reading ``_saved_x`` of a freed node raises (an exception of about 7 µs, on every node of
-    every graph a census meets after its backward); its ``_raw_saved_x`` reads without raising
-    and has neither data nor an unpack hook then. False when unsure: the caller reads as before.
-    """
-    names = _SavedNames.raw(node)
-    if not names:
-        return False
-    try:
-        for name in names:
-            raw = getattr(node, name)
-            for s in raw if isinstance(raw, (list, tuple)) else (raw,):
-                if s.data is not None or s.unpack_hook is not None:
-                    return False
-    except Exception:
-        return False
-    return True
-
-
-def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
-    try:
-        st = t.untyped_storage()
-        return st._cdata, st.nbytes()
-    except (RuntimeError, NotImplementedError):
-        return None
-
-
-class GraphWalker:
-    """Walks autograd graphs once per census, sharing the node budget and the visited set."""
-
-    def __init__(self, budget: int = MAX_NODES, forward_keys: frozenset[int] | set[int] = frozenset()) -> None:
-        self.budget = budget
-        self.forward_keys = forward_keys
-        self.visited: set[int] = set()
-        self.saved_seen: set[int] = set()
-
-    def reset(self) -> None:
-        """A new variable: graphs shared with another variable count for both."""
-        self.visited = set()
-        self.saved_seen = set()
-
-    def walk(self, root: Any, out: GraphStats) -> int:
-        """Visit the graph under ``root``; return live saved bytes found there (new storages only)."""
-        saved = 0
-        stack = [root]
-        while stack and self.budget > 0:
-            node = stack.pop()
-            k = id(node)
-            if k in self.visited:
-                continue
-            self.visited.add(k)
-            self.budget -= 1
-            out.nodes += 1
-            if k in self.forward_keys:
-                out.forward_keys.append(k)
-            for name in () if _nothing_saved(node) else _SavedNames.of(node):
-                try:
-                    value = getattr(node, name)
-                except RuntimeError:  # freed by backward
-                    break
-                except Exception:
-                    continue
-                for t in value if isinstance(value, (list, tuple)) else (value,):
-                    # A saved leaf that requires grad is a parameter: it lives anyway, not for the graph;
-                    # a 0-dim one is a wrapped Python number.
-                    if isinstance(t, torch.Tensor) and t.dim() > 0 and not (t.is_leaf and t.requires_grad):
-                        sk = _storage_key(t)
-                        if sk is not None and sk[0] not in self.saved_seen:
-                            self.saved_seen.add(sk[0])
-                            saved += sk[1]
-            try:
-                nexts = node.next_functions
-            except Exception:
-                continue
-            for nxt, _ in nexts:
-                if nxt is not None and id(nxt) not in self.visited:
-                    stack.append(nxt)
-        return saved
-
-
-def _tensors_in(value: Any, limit: int = MAX_ITEMS) -> Iterator[torch.Tensor]:
-    """Tensors in a container, two levels deep (a list of (logits, target) tuples, a dict of lists)."""
+def _tensors_in(value: Any, limit: int = MAX_ITEMS, objects: bool = True) -> Iterator[torch.Tensor]:
+    """Tensors in a container, two levels deep (a list of (logits, target) tuples, a dict of lists),
+    and with ``objects`` on its items' attributes (a list of records)."""
     seen = 0
     items: Iterable[Any] = value.values() if isinstance(value, dict) else value
     for item in items:
         seen += 1
         if seen > limit:
             return
-        if isinstance(item, torch.Tensor):
+        k = kind_of(type(item))
+        if k == TENSOR:
             yield item
-        elif isinstance(item, _CONTAINERS):
+        elif k == CONTAINER:
             inner: Iterable[Any] = item.values() if isinstance(item, dict) else item
             for sub in inner:
                 if isinstance(sub, torch.Tensor):
                     yield sub
+        elif k == OBJECT and objects:
+            try:
+                attrs = object.__getattribute__(item, "__dict__")
+            except Exception:
+                continue
+            for sub in list(attrs.values()) if isinstance(attrs, dict) else ():
+                if kind_of(type(sub)) == TENSOR:
+                    yield sub
 
 
-def _stamp(node: Any, step: int) -> int:
-    try:
-        md = node.metadata
-        seen = md.get("memprof_seen")
-        if seen is None:
-            md["memprof_seen"] = seen = step
-        return int(seen)
-    except Exception:
-        return step
+@dataclass
+class Observation(VarObservation):
+    """A holder the census saw (:class:`VarObservation`), with what tells where it is changed.
+
+    ``path`` names it from the frame (``self.callbacks[0].y_preds_``, ``history (in closure log)``);
+    ``file``/``function``/``first_line``/``line`` are the scope its chain is written in, and
+    ``expr`` how it is written there (``self.callbacks[0].y_preds_``, ``history``); ``owners`` and
+    ``attr``, for a last hop through an attribute, the user's classes of that object (their methods
+    change ``self.<attr>``) and the attribute."""
+
+    expr: str = ""
+    running: bool = True  # the scope's function is running (False: a closure's, a module's top level)
+    owners: tuple[tuple[str, str], ...] = ()
+    attr: str | None = None
+    root_op: str | None = None  # the op that made the newest tensor's grad_fn ("AddBackward0")
+    operand_ops: tuple[str, ...] = ()  # the ops of that node's inputs
+    scalar: bool = False  # the newest tensor has one element
+    oldest: int | None = None  # the earliest census that saw a node of this holder's graph
+    inner: tuple[str, ...] = ()  # the other holders whose graph roots lie in this holder's graph
+    site: tuple[str, int] | None = None  # the user line that made the newest storage (the tracker's)
+    bounded: bool = False  # a deque with a maxlen: it cannot grow past it
+    with_graph: int = 0  # tensors with a grad_fn
+    container: str | None = None  # the built-in kind of container: "dict", "list", "deque", "set", "tuple"
 
 
-def _observe(
-    path: str, value: Any, frame: types.FrameType, walker: GraphWalker, step: int = 0
-) -> VarObservation | None:
-    code = frame.f_code
-    if isinstance(value, torch.Tensor):
+def _observe(link: Link, value: Any, walker: GraphWalker, step: int = 0,
+             site_of: SiteOf | None = None) -> Observation | None:
+    scale = 1.0
+    if kind_of(type(value)) == TENSOR:
         tensors: list[torch.Tensor] = [value]
         is_container = False
-    elif isinstance(value, _CONTAINERS):
+    else:
         try:
-            tensors = list(_tensors_in(value))
+            sample, scale = _sample(value)
+            tensors = list(_tensors_in(sample))
         except RuntimeError:  # changed size during iteration (another thread)
             return None
         if not tensors:
             return None
         is_container = True
-    else:
-        return None
     walker.reset()
-    obs = VarObservation(
-        path=path, file=code.co_filename, function=code.co_name, first_line=code.co_firstlineno,
-        line=frame.f_lineno, is_container=is_container,
+    scope = link.scope
+    obs = Observation(
+        path=link.path, file=scope.file, function=scope.function, first_line=scope.first_line,
+        line=scope.line if scope.line is not None else scope.first_line, is_container=is_container,
+        expr=link.expr, running=scope.line is not None, owners=link.owners, attr=link.attr,
+        owner_file=link.owners[0][0] if link.owners else None,
+        bounded=isinstance(value, CONTAINERS[-1]) and value.maxlen is not None,
+        container=_container_kind(value) if is_container else None,
     )
+    newest: torch.Tensor | None = None
     for t in tensors:
         if t.device.type == "meta":
             continue
         obs.tensors += 1
-        sk = _storage_key(t)
+        newest = t
+        sk = storage_key(t)
         if sk is not None and sk[0] not in obs.storage_keys:
             obs.storage_keys.add(sk[0])
             obs.bytes += sk[1]
             obs.newest_key = sk[0]
         g = t.grad_fn
         if g is not None:
+            obs.with_graph += 1
             obs.graph.graphs += 1
             saved = walker.walk(g, obs.graph)
+            seen = stamp(g, step)
             if saved:
                 obs.graph.saved_bytes += saved
                 obs.graph.graphs_with_saved += 1
                 obs.graph.saved_root_keys.append(id(g))
-                seen = _stamp(g, step)
                 if obs.graph.first_seen is None or seen < obs.graph.first_seen:
                     obs.graph.first_seen = seen
             obs.graph.root_keys.append(id(g))
+    obs.oldest = walker.oldest
+    if scale != 1.0:  # a long container, read by its ends: its figures scaled to its length
+        obs.tensors, obs.bytes = round(obs.tensors * scale), round(obs.bytes * scale)
+        obs.with_graph = obs.graph.graphs = round(obs.with_graph * scale)
+    if newest is not None:
+        _describe_newest(obs, newest, site_of)
     return obs
+
+
+def _container_kind(value: Any) -> str | None:
+    for t, name in _KINDS:
+        if isinstance(value, t):
+            return name
+    return None
+
+
+_KINDS = ((dict, "dict"), (CONTAINERS[-1], "deque"), (list, "list"), ((set, frozenset), "set"), (tuple, "tuple"))
+
+
+def _sample(value: Any) -> tuple[Any, float]:
+    """A container, or for a long one its first and last :data:`SAMPLE_ENDS` items (the oldest,
+    which tell what survives, and the newest) and the factor from them to its length."""
+    n = len(value)
+    if n <= 4 * SAMPLE_ENDS:
+        return value, 1.0
+    items = list(value.values()) if isinstance(value, dict) else list(value)
+    return items[:SAMPLE_ENDS] + items[-SAMPLE_ENDS:], n / (2 * SAMPLE_ENDS)
+
+
+def _describe_newest(obs: Observation, t: torch.Tensor, site_of: SiteOf | None) -> None:
+    """The newest tensor of a holder: its size, the op that made it, the line that made its storage."""
+    try:
+        obs.scalar = t.numel() == 1
+        g = t.grad_fn
+        if g is not None:
+            obs.root_op = type(g).__name__
+            obs.operand_ops = tuple(type(n).__name__ for n, _ in g.next_functions if n is not None)
+        if site_of is not None:
+            obs.site = site_of(t)
+    except Exception:
+        pass
+
+
+def _link_graphs(out: list[Observation], visits: list[set[int]]) -> None:
+    """Note on each holder the other holders whose graph roots its graph reaches (``mean`` holding
+    ``total / count``: its history is ``total``'s)."""
+    roots = [(o, set(o.graph.root_keys)) for o in out if o.graph.root_keys]
+    if len(roots) < 2:
+        return
+    for obs, visited in zip(out, visits, strict=True):
+        if not visited:
+            continue
+        own = set(obs.graph.root_keys)
+        inner = [o.path for o, keys in roots if o is not obs and not keys & own and keys & visited]
+        if inner:
+            obs.inner = tuple(inner)
+
+
+def census(
+    start: types.FrameType | None, max_frames: int = 16, forward_keys: set[int] | frozenset[int] = frozenset(),
+    step: int = 0, site_of: SiteOf | None = None,
+) -> list[Observation]:
+    """Observe every holder of tensors that the user's frames at and above ``start`` reach.
+
+    ``site_of``: the storage tracker's user line of a tensor's storage (``ref_of(t).site``)."""
+    global last_census_seconds, last_census_objects
+    t0 = time.perf_counter()
+    walker = GraphWalker(forward_keys=forward_keys)
+    out: list[Observation] = []
+    visits: list[set[int]] = []
+    walk = Walk()
+    for link, value in walk.holders(start, max_frames):
+        obs = _observe(link, value, walker, step, site_of)
+        if obs is not None:
+            out.append(obs)
+            visits.append(walker.visited)
+    _link_graphs(out, visits)
+    last_census_seconds, last_census_objects = time.perf_counter() - t0, walk.visited
+    return out
 
 
 def _is_user_object(value: Any) -> bool:
@@ -227,8 +249,6 @@ def _is_user_object(value: Any) -> bool:
     if mod in (None, "builtins"):
         return False
     try:
-        import sys
-
         fn = getattr(sys.modules.get(mod), "__file__", None)
     except Exception:
         return False
@@ -239,100 +259,70 @@ def _user_locals(start: types.FrameType | None, max_frames: int) -> Iterator[tup
     """(frame, name, value) for each variable of the user's frames at and above ``start``; each
     frame's locals snapshot is released once read (:func:`release_locals_snapshot`)."""
     for frame in user_frames(start, limit=max_frames):
-        try:
-            local_items = list(frame.f_locals.items())
-        except Exception:
-            continue
-        release_locals_snapshot(frame)
-        for name, value in local_items:
+        for name, value in frame_locals(frame):
             yield frame, name, value
 
 
-def census(
-    start: types.FrameType | None, max_frames: int = 16, forward_keys: set[int] | frozenset[int] = frozenset(),
-    step: int = 0,
-) -> list[VarObservation]:
-    """Observe every tensor-holding variable of the user's frames at and above ``start``."""
-    walker = GraphWalker(forward_keys=forward_keys)
-    out: list[VarObservation] = []
-    seen_values: set[int] = set()
+class _Code(Protocol):
+    @property
+    def co_filename(self) -> str: ...
+    @property
+    def co_name(self) -> str: ...
+    @property
+    def co_firstlineno(self) -> int: ...
+
+
+class FrameLike(Protocol):
+    """Where :func:`names_of_storages` found a holder's chain written: a frame, or the scope of a
+    closure's function (read as a frame is)."""
+
+    @property
+    def f_code(self) -> _Code: ...
+    @property
+    def f_lineno(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class _ScopeCode:
+    co_filename: str
+    co_name: str
+    co_firstlineno: int
+
+
+@dataclass(frozen=True)
+class _ScopeFrame:
+    f_code: _ScopeCode
+    f_lineno: int
+
+
+def names_of_storages(start: types.FrameType | None, keys: set[int], max_frames: int = 16,
+                      budget: int = 5000) -> dict[int, tuple[str, FrameLike]]:
+    """Which holder refers to each storage in ``keys``: a variable of the user's frames (the
+    innermost frame wins), else the nearest holder the walk reaches (``budget`` objects at most)."""
+    found: dict[int, tuple[str, FrameLike]] = {}
+    frames: dict[tuple[str, str, int], types.FrameType] = {}
     for frame, name, value in _user_locals(start, max_frames):
-        if name.startswith("__") or isinstance(value, _SKIP_TYPES):
-            continue
-        if isinstance(value, torch.Tensor) or isinstance(value, _CONTAINERS):
-            if id(value) in seen_values:
-                continue
-            seen_values.add(id(value))
-            obs = _observe(name, value, frame, walker, step)
-            if obs is not None:
-                out.append(obs)
-        elif hasattr(value, "__dict__") and _is_user_object(value):
-            _observe_attributes(name, value, frame, walker, step, seen_values, out, depth=2)
-    return out
-
-
-def _observe_attributes(
-    prefix: str, obj: Any, frame: types.FrameType, walker: GraphWalker, step: int, seen_values: set[int],
-    out: list[VarObservation], depth: int,
-) -> None:
-    """Tensors and containers on a user object (``self.history``), and on its user objects
-    (``self.meter.total``), ``depth`` levels down."""
-    if id(obj) in seen_values:
-        return
-    seen_values.add(id(obj))
-    try:
-        attrs = list(vars(obj).items())
-    except TypeError:
-        return
-    owner = _class_file(obj)
-    for attr, sub in attrs:
-        if attr.startswith("_") or id(sub) in seen_values:
-            continue
-        if isinstance(sub, torch.Tensor) or isinstance(sub, _CONTAINERS):
-            seen_values.add(id(sub))
-            obs = _observe(f"{prefix}.{attr}", sub, frame, walker, step)
-            if obs is not None:
-                obs.owner_file = owner
-                out.append(obs)
-        elif depth > 1 and hasattr(sub, "__dict__") and not isinstance(sub, _SKIP_TYPES) and _is_user_object(sub):
-            _observe_attributes(f"{prefix}.{attr}", sub, frame, walker, step, seen_values, out, depth - 1)
-
-
-def _class_file(obj: Any) -> str | None:
-    import sys
-
-    mod = sys.modules.get(getattr(type(obj), "__module__", "") or "")
-    fn = getattr(mod, "__file__", None)
-    return fn if isinstance(fn, str) else None
-
-
-def release_locals_snapshot(frame: types.FrameType) -> None:
-    """Drop the snapshot that reading ``frame.f_locals`` leaves on a function frame (Python < 3.13).
-
-    The snapshot dict lives on the frame and keeps the values it copied alive after the script
-    rebinds its variables (last iteration's batch, outputs, loss), so memprof's own reads would
-    raise the script's memory. Python refreshes it before any use (``locals()``, tracers), so
-    emptying it is safe; 3.13+ reads through a proxy that holds nothing (clearing would delete).
-    """
-    if sys.version_info < (3, 13) and frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+        code = frame.f_code
+        frames.setdefault((code.co_filename, code.co_name, code.co_firstlineno), frame)
+        if isinstance(value, torch.Tensor):
+            sk = storage_key(value)
+            if sk is not None and sk[0] in keys and sk[0] not in found:
+                found[sk[0]] = (name, frame)
+    if len(found) == len(keys):
+        return found
+    for link, value in Walk(budget).holders(start, max_frames, stop=lambda: len(found) == len(keys)):
         try:
-            frame.f_locals.clear()
-        except Exception:
-            pass
-
-
-def names_of_storages(start: types.FrameType | None, keys: set[int], max_frames: int = 16) -> dict[int, tuple[str, types.FrameType]]:
-    """Which user variable refers to each storage in ``keys`` (the innermost frame wins)."""
-    found: dict[int, tuple[str, types.FrameType]] = {}
-    for frame, name, value in _user_locals(start, max_frames):
-        candidates: list[tuple[str, Any]] = [(name, value)]
-        if name == "self" and hasattr(value, "__dict__"):
-            candidates.extend((f"self.{a}", v) for a, v in vars(value).items() if not a.startswith("_"))
-        for path, v in candidates:
-            if isinstance(v, torch.Tensor):
-                sk = _storage_key(v)
-                if sk is not None and sk[0] in keys and sk[0] not in found:
-                    found[sk[0]] = (path, frame)
+            tensors = [value] if kind_of(type(value)) == TENSOR else list(_tensors_in(value, 1000, objects=False))
+        except RuntimeError:
+            continue
+        for t in tensors:
+            sk = storage_key(t)
+            if sk is None or sk[0] not in keys or sk[0] in found:
+                continue
+            s = link.scope
+            where: FrameLike | None = frames.get((s.file, s.function, s.first_line)) if s.line is not None else None
+            found[sk[0]] = (link.path, where or _ScopeFrame(_ScopeCode(s.file, s.function, s.first_line),
+                                                            s.line or s.first_line))
     return found
 
 
@@ -374,7 +364,7 @@ def reachable_tensors(start: types.FrameType | None, max_frames: int = 16) -> li
     for _frame, name, value in _user_locals(start, max_frames):
         if not name.startswith("__"):
             _reach(value, seen, out, 2)
-    out.extend(_saved_by_graphs([t.grad_fn for t in out if t.grad_fn is not None]))
+    out.extend(saved_by_graphs([t.grad_fn for t in out if t.grad_fn is not None]))
     return out
 
 
@@ -396,30 +386,3 @@ def _reach(value: Any, seen: set[int], out: list[torch.Tensor], depth: int) -> N
             return
         for sub in attrs:
             _reach(sub, seen, out, depth - 1)
-
-
-def _saved_by_graphs(roots: list[Any], budget: int = MAX_NODES) -> list[torch.Tensor]:
-    """Tensors saved for backward in the graphs under ``roots``, read without unpacking: a saved
-    tensor behind an unpack hook (activation checkpointing, offloading) is left alone."""
-    out: list[torch.Tensor] = []
-    visited: set[int] = set()
-    stack = list(roots)
-    while stack and budget > 0:
-        node = stack.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        budget -= 1
-        try:
-            for name in _SavedNames.raw(node):
-                raw = getattr(node, name)
-                for s in raw if isinstance(raw, (list, tuple)) else (raw,):
-                    if s.unpack_hook is None:
-                        data = s.data
-                        if data is not None:
-                            out.append(data)
-            nexts = node.next_functions
-        except Exception:
-            continue
-        stack.extend(n for n, _ in nexts if n is not None and id(n) not in visited)
-    return out

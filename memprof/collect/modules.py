@@ -1,16 +1,27 @@
 """Modules: who holds activations, parameters and gradients; which module calls are iterations.
 
-Global forward pre/post hooks keep a stack of running modules (detailed steps only: global hooks
-put every module call on PyTorch's slow path). Saved-tensor hooks see every tensor autograd saves
-for backward; its bytes are charged, once per storage, to each module running at that moment.
-Root modules (called while no other module runs) get hooks of their own that stay on in watch
-mode: their calls give the batch size, and mark evaluation iterations when no optimizer steps.
+Nothing of memprof sits on the user's objects: a model, its optimizer and their state dicts pickle,
+deep-copy, ``torch.save``, ``torch.compile`` and ``torch.jit.script`` as under plain python, and a
+copy is a new model (state is kept by ``id`` with weak references, and forgotten when a module dies).
+
+- Root calls (a model called while no other model runs) are seen by one layer on
+  ``nn.Module.__call__`` (:mod:`memprof.collect.layer`), on for the session's life, watch mode
+  included: inside a root's call it costs one attribute read per module call. PyTorch's global
+  module hooks would put every module call on ``Module._call_impl``'s slow path instead (x1.10 on
+  the tiny MLP's step, measured; the layer costs less than the root's own hooks it replaced).
+  A root's calls give the batch size and mark evaluation iterations when no optimizer steps.
+- In detailed steps only, global forward pre/post hooks keep a stack of running modules, and a
+  saved-tensor hook sees every tensor autograd saves for backward; its bytes are charged, once per
+  storage, to each module running at that moment.
 
 Known limitations:
 - The pack hook hands autograd ``t.detach()`` (autograd re-attaches the history from its own
   metadata on unpack); returning ``t`` itself would make a reference cycle that never frees.
 - Activations computed outside any module (a loss function on logits) are counted in the
   breakdown but not charged to a module.
+- A model first called in watch mode is adopted (named, its calls followed) at the next detailed step.
+- Calls under a fake-tensor mode (memprof's own replays, ``make_fx``), ``torch.jit.trace`` or
+  inside a backward pass (a checkpoint's recomputation) are not followed: not the run's calls.
 """
 
 from __future__ import annotations
@@ -26,16 +37,17 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from memprof.collect.leaves import first_tensor, map_leaves, tensors
+from memprof.collect.batch import _describe as _describe  # re-exported: tests read it here
+from memprof.collect.batch import _signature, batch_size_of, call_inputs, input_storages
+from memprof.collect.batch_probe import watch as watch_batch
+from memprof.collect.layer import Gate, install, uninstall
 from memprof.collect.sites import user_frame
 from memprof.collect.storage import StorageTracker
 from memprof.model.categories import PARAMETERS
-from memprof.model.run import CallInputs, TensorSpec
+from memprof.model.run import CallInputs
 
 if TYPE_CHECKING:
     from memprof.collect.native import NativeTracker
-
-_PLAIN = (torch.Tensor, nn.Parameter)
 
 
 def _subtree_gradient_bytes(root: nn.Module, totals: dict[int, int]) -> bool:
@@ -84,6 +96,14 @@ class ModuleStats:
     calls: int = 0
 
 
+def _merged(a: ModuleStats, b: ModuleStats, module_id: int | None = None) -> ModuleStats:
+    """One record for two modules of one name (one made again): the largest figures, all calls."""
+    return ModuleStats(name=a.name, type=a.type, module_id=a.module_id if module_id is None else module_id,
+                       parameter_bytes=max(a.parameter_bytes, b.parameter_bytes),
+                       gradient_bytes=max(a.gradient_bytes, b.gradient_bytes),
+                       activation_bytes=max(a.activation_bytes, b.activation_bytes), calls=a.calls + b.calls)
+
+
 @dataclass
 class RootCall:
     """One call of a root module, as the session needs it."""
@@ -96,63 +116,17 @@ class RootCall:
     call_site: tuple[int, int] = (0, 0)  # (id of the calling code, bytecode offset): the same call in a loop
 
 
-def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> int | None:
-    t = first_tensor(args, depth=3)
-    if t is None and kwargs:
-        t = first_tensor(kwargs, depth=3)
-    if t is None or t.dim() == 0:
-        return None
-    return int(t.shape[0])
-
-
-_SIMPLE = (type(None), bool, int, float, str)
-
-
-def _describe(obj: Any) -> tuple[Any, bool]:
-    """``obj`` with every tensor replaced by a :class:`TensorSpec`; False when something can't be
-    (an object, a container nested deeper than 3 or longer than 64, a subclass of one)."""
-    complete = True
-
-    def spec(leaf: Any) -> Any:
-        nonlocal complete
-        if isinstance(leaf, torch.Tensor):
-            return TensorSpec(tuple(leaf.shape), leaf.dtype, str(leaf.device), leaf.requires_grad)
-        if isinstance(leaf, _SIMPLE) or isinstance(leaf, (torch.dtype, torch.device)):
-            return leaf
-        complete = False
-        return None
-
-    described = map_leaves(obj, spec, depth=3, max_items=64, exact=True)
-    return described, complete
-
-
-def call_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> CallInputs:
-    """What ``module`` is called with, described (shapes and dtypes), for the advisor's replay."""
-    a, ok_a = _describe(tuple(args))
-    k, ok_k = _describe(dict(kwargs or {}))
-    return CallInputs(
-        module=weakref.ref(module), args=a, kwargs=k, batch_size=batch_size_of(args, kwargs),
-        training=module.training, grad_enabled=torch.is_grad_enabled(),
-        autocast=torch.is_autocast_enabled() or torch.is_autocast_enabled("cpu"), complete=ok_a and ok_k,
-    )
-
-
-def _signature(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> tuple[Any, ...] | None:
-    """What :func:`call_inputs` depends on, for a call of tensors only; None for any other call."""
-    if kwargs:
-        return None
-    sig: list[Any] = [module.training, torch.is_autocast_enabled(), torch.is_autocast_enabled("cpu")]
-    for a in args:
-        if type(a) not in _PLAIN:
-            return None
-        sig.append((a.shape, a.dtype, a.device, a.requires_grad))
-    return tuple(sig)
-
-
 def call_site(frame: FrameType | None) -> tuple[int, int]:
     """Where a model is called from, to the bytecode instruction: the same line in a loop is the
     same site, two calls on one line are two."""
     return (id(frame.f_code), frame.f_lasti) if frame is not None else (0, 0)
+
+
+_FAKE = torch._C._TorchDispatchModeKey.FAKE
+_mode_of = torch._C._get_dispatch_mode
+_compiling = torch.compiler.is_compiling
+_jit_tracing = torch._C._get_tracing_state
+_in_backward = torch._C._current_graph_task_id  # -1 outside the autograd engine's backward
 
 
 class ModuleCollector:
@@ -165,17 +139,21 @@ class ModuleCollector:
         self.tracker = tracker
         self.on_root_call = on_root_call
         self.on_root_output = on_root_output
+        # By id, of live modules only: a module's entries go when it dies (its record to _retired),
+        # so that a new module at a dead one's address is a new module.
         self.stats: dict[int, ModuleStats] = {}
         self.names: dict[int, str] = {}
+        self._retired: dict[tuple[str, str], ModuleStats] = {}  # the records of modules that died, by name
+        self._alive: dict[int, weakref.KeyedRef[int, nn.Module]] = {}
+        self._root_refs: dict[int, weakref.KeyedRef[int, nn.Module]] = {}  # roots, read at each root call
+        self._on_death = self._forget  # one bound method for every weak reference
         self.stack: list[ModuleStats] = []
         # Weak: memprof must not keep a user's model alive past its last use.
         self.roots: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
         self.modules: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
-        self._root_handles: list[RemovableHandle] = []
+        self._gate = Gate()
         self._global_handles: list[RemovableHandle] = []
         self._saved_hooks: Any = None
-        self._current_root: nn.Module | None = None
-        self._current_call: RootCall | None = None
         self.last_inputs: dict[tuple[int, bool], CallInputs] = {}  # (id(root), grad on) -> its last call
         self._signatures: dict[tuple[int, bool], tuple[Any, ...] | None] = {}  # ... and what it depends on
         self.detail = False
@@ -185,6 +163,7 @@ class ModuleCollector:
         if self.detail:
             return
         self.detail = True
+        self._open()
         from torch.nn.modules import module as mm
 
         self._global_handles = [
@@ -206,9 +185,12 @@ class ModuleCollector:
 
     def close(self) -> None:
         self.disable_detail()
-        for h in self._root_handles:
-            h.remove()
-        self._root_handles = []
+        uninstall(self._gate)
+
+    def _open(self) -> None:
+        """Start following root calls (the layer on ``nn.Module.__call__``); until :meth:`close`."""
+        if self._gate.top is None:
+            install(self._gate, self._top_call)
 
     def set_pack(self, on: bool) -> None:
         """The saved-tensor hook on or off (on only with detail). At step boundaries only: the hooks
@@ -233,16 +215,13 @@ class ModuleCollector:
 
     # -- roots -----------------------------------------------------------------------------------
     def _adopt_root(self, module: nn.Module, caller: Any) -> bool:
-        """Name a top-level module's tree; a model (one with parameters) also gets root hooks."""
+        """Name a top-level module's tree; a model (one with parameters) is also a root: its calls are followed."""
+        self._open()
         prefix = self._variable_name(module, caller) or type(module).__name__
         for qual, sub in module.named_modules():
-            key = id(sub)
-            if key in self.names:
+            if self._known(sub):
                 continue
-            name = f"{prefix}.{qual}" if qual else prefix
-            self.names[key] = name
-            self.modules[key] = sub
-            st = self.stats[key] = ModuleStats(name=name, type=type(sub).__name__, module_id=key)
+            st = self._remember(sub, f"{prefix}.{qual}" if qual else prefix)
             st.parameter_bytes = sum(p.untyped_storage().nbytes() for p in sub.parameters())
         for p in module.parameters():
             self.tracker.set_category(p, PARAMETERS)
@@ -252,9 +231,36 @@ class ModuleCollector:
         if next(module.parameters(), None) is None:
             return False  # a loss or an activation called on its own: not a model, not an iteration
         self.roots[id(module)] = module
-        self._root_handles.append(module.register_forward_pre_hook(self._root_pre, with_kwargs=True))
-        self._root_handles.append(module.register_forward_hook(self._root_post, always_call=True))
+        self._root_refs[id(module)] = self._alive[id(module)]
         return True
+
+    def _known(self, module: nn.Module) -> bool:
+        ref = self._alive.get(id(module))
+        return ref is not None and ref() is module
+
+    def _remember(self, module: nn.Module, name: str) -> ModuleStats:
+        """A new module's record, by its id while it lives."""
+        key = id(module)
+        self._forget_key(key)  # a dead module's, at the same address, whose death was not yet seen
+        self.names[key] = name
+        self.modules[key] = module
+        self._alive[key] = weakref.KeyedRef(module, self._on_death, key)
+        st = self.stats[key] = ModuleStats(name=name, type=type(module).__name__, module_id=key)
+        return st
+
+    def _forget(self, ref: weakref.KeyedRef[int, nn.Module]) -> None:
+        """A module died (a weak reference's callback: runs anywhere, a garbage collection)."""
+        if self._alive.get(ref.key) is ref:
+            self._forget_key(ref.key)
+
+    def _forget_key(self, key: int) -> None:
+        self._alive.pop(key, None)
+        self._root_refs.pop(key, None)
+        self.names.pop(key, None)
+        st = self.stats.pop(key, None)
+        if st is not None:  # one record per name: a loss module made at each step is one module
+            old = self._retired.get((st.name, st.type))
+            self._retired[(st.name, st.type)] = st if old is None else _merged(old, st)
 
     @staticmethod
     def _variable_name(module: nn.Module, frame: Any) -> str | None:
@@ -267,36 +273,61 @@ class ModuleCollector:
             f = user_frame(f)
         return None
 
-    # The root hooks stay on in watch mode: keep the common path to a few attribute reads.
-    def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self._current_root is not None:  # a root called inside another root: not an iteration
-            return
-        self._current_root = module
-        self._current_call = self.on_root_call(module, args, kwargs)
-
-    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._current_root is not module:
-            return
-        self._current_root = None
-        call = self._current_call
-        if call is not None:
-            self._current_call = None
-            self.on_root_output(call, output)
+    # The layer calls this for every module call outside a root's call (in watch mode too): a
+    # root's call (one a step), a loss function, a module not adopted. Inside a root's call, the
+    # layer passes calls straight on (a root called inside another root is not an iteration).
+    def _top_call(self, inner: Callable[..., Any], module: nn.Module, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+        if _compiling() or _mode_of(_FAKE) is not None or _jit_tracing() or _in_backward() != -1:
+            # Dynamo tracing the layer (``torch.compile``), a replay on fake tensors, a
+            # ``torch.jit.trace``, a checkpoint's recomputation in backward: not the run's calls.
+            return inner(module, *args, **kwargs)
+        ref = self._root_refs.get(id(module))
+        if ref is None or ref() is not module:
+            if not self.detail or self.stack or self._known(module):
+                return inner(module, *args, **kwargs)  # not a model, or one to adopt in detail
+            try:  # detail, a module called at the top that we have not seen: a new root?
+                adopted = self._adopt_root(module, user_frame(sys._getframe(2)))
+            except Exception:
+                adopted = False
+            if not adopted:
+                return inner(module, *args, **kwargs)
+        gate = self._gate
+        gate.busy = True
+        call = None
+        try:
+            call = self.on_root_call(module, args, kwargs)
+        except torch.OutOfMemoryError:
+            gate.busy = gate.top is None or None
+            raise
+        except Exception:
+            pass  # never break the user's run (the session's callbacks warn on their own)
+        output = None
+        try:
+            output = inner(module, *args, **kwargs)
+        finally:
+            gate.busy = gate.top is None or None  # (closed meanwhile: it stays shut)
+            if call is not None:
+                try:
+                    self.on_root_output(call, output)
+                except Exception:
+                    pass
+        return output
 
     def make_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> RootCall:
         """The details of a root call the session follows: who called it, with what batch."""
         frame = user_frame(sys._getframe(1))
         site = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
         grad = torch.is_grad_enabled()
-        batch = None
+        batch, described = None, None
         try:
             described = self._describe_call(module, args, kwargs, grad)
             batch = described.batch_size
             if not self.tracker.batch_size:  # the first batch: the tracker marks it as scaling
-                self.tracker.first_inputs = {t.untyped_storage()._cdata for t in tensors((args, kwargs), depth=3)}
+                self.tracker.first_inputs = input_storages(args, kwargs)
         except Exception:
-            batch = batch_size_of(args, kwargs)
-        return RootCall(
+            batch = batch_size_of(args, kwargs, module)
+        call = RootCall(
             call_site=call_site(frame),
             module=module,
             name=self.names.get(id(module), type(module).__name__),
@@ -304,6 +335,8 @@ class ModuleCollector:
             grad_enabled=grad,
             site=site,
         )
+        watch_batch(module, args, kwargs, call, described, self.tracker)  # what the model reads
+        return call
 
     def _describe_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
                        grad: bool) -> CallInputs:
@@ -323,27 +356,28 @@ class ModuleCollector:
 
     # -- global hooks (detail only) ----------------------------------------------------------------
     def _pre(self, module: nn.Module, args: Any) -> None:
+        if _compiling():  # dynamo traces the hooks too: what it compiles runs without them
+            return
         key = id(module)
-        st = self.stats.get(key)
+        st = self.stats.get(key)  # only live modules' (a dead one's entry goes with it)
         if st is None:
             if not self.stack:
-                # A module we have not seen, called at the top: a new root (adopt it, then rerun the
-                # root hook by hand, since hooks added during a call don't fire for that call).
-                caller = user_frame(sys._getframe(1))
-                if self._adopt_root(module, caller):
-                    self._root_pre(module, args if isinstance(args, tuple) else (args,), {})
-                st = self.stats[key]
+                # A module we have not seen, called at the top: the layer adopts those, this is a
+                # call that did not pass through it. Named now; its calls are followed from the next.
+                try:
+                    self._adopt_root(module, user_frame(sys._getframe(1)))
+                except Exception:  # never break the user's forward
+                    pass
+                st = self.stats.get(key) or self._remember(module, type(module).__name__)
             else:
-                parent = self.stack[-1].name
-                name = f"{parent}.<{type(module).__name__}>"
-                st = self.stats[key] = ModuleStats(name=name, type=type(module).__name__, module_id=key)
-                self.names[key] = name
-                self.modules[key] = module
+                st = self._remember(module, f"{self.stack[-1].name}.<{type(module).__name__}>")
         st.calls += 1
         self.stack.append(st)
         self.tracker.enter_module(key, st.name)
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if _compiling():
+            return
         if self.stack and self.stack[-1].module_id == id(module):
             self.stack.pop()
             self.tracker.leave_module()
@@ -373,7 +407,7 @@ class ModuleCollector:
             if not _subtree_gradient_bytes(root, totals):
                 totals = {}  # shared weights: count module by module, as parameters() dedups them
                 break
-        for key, st in self.stats.items():
+        for key, st in list(self.stats.items()):
             total = totals.get(key)
             if total is None:
                 mod = self.modules.get(key)
@@ -388,4 +422,11 @@ class ModuleCollector:
                 st.gradient_bytes = total
 
     def records(self) -> list[ModuleStats]:
-        return list(self.stats.values())
+        """Every module's record, those of modules that died included (with a live one of the same
+        name, as one record)."""
+        dead = dict(self._retired)
+        live = []
+        for st in list(self.stats.values()):
+            old = dead.pop((st.name, st.type), None)
+            live.append(st if old is None else _merged(old, st, st.module_id))
+        return [*dead.values(), *live]

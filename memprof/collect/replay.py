@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import io
 import re
 import time
@@ -200,9 +201,7 @@ def make_replays(
         return out
     model = unwrap(root)
     if model is not root:
-        call = CallInputs(module=weakref.ref(model), args=call.args, kwargs=call.kwargs, batch_size=call.batch_size,
-                          training=call.training, grad_enabled=call.grad_enabled, autocast=call.autocast,
-                          complete=call.complete)
+        call = dataclasses.replace(call, module=weakref.ref(model))  # its batch dimension kept
     out.call = call
     params = {id(p) for p in model.parameters()}
     opts = [o for o in optimizers if any(id(p) in params for g in o.param_groups for p in g["params"])]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from memprof.collect.batch import leaf_batch_dim
 from memprof.collect.leaves import attributes, first_tensor, leaves, map_leaves
 from memprof.model.run import CallInputs, TensorSpec, frontier_from_live
 
@@ -131,25 +132,34 @@ def pick_batch(module: nn.Module, call: CallInputs) -> int:
     dims: set[int] = set()
     for t in [*module.parameters(), *module.buffers()]:
         dims.update(int(d) for d in t.shape)
+    preferred = batch_dim_of(call)
     for spec in leaves((call.args, call.kwargs)):
         if isinstance(spec, TensorSpec):
-            shape = spec.shape[1:] if call.batch_size and spec.shape[:1] == (call.batch_size,) else spec.shape
-            dims.update(int(d) for d in shape)
+            d = leaf_batch_dim(spec.shape, call.batch_size, preferred)  # the batch is replaced
+            dims.update(int(n) for i, n in enumerate(spec.shape) if i != d)
     for p in _PRIMES:
         if all(d != p and (d < p or d % p) for d in dims):
             return p
     return _PRIMES[-1]
 
 
-def _make_inputs(obj: Any, b0: int | None, b: int) -> Any:
-    """The call's arguments with a tensor (at batch ``b`` where it was at ``b0``) for each spec."""
+def batch_dim_of(call: CallInputs) -> int:
+    """The batch dimension of the call's first tensor input (0 for a call described without one)."""
+    return int(getattr(call, "batch_dim", 0) or 0)
+
+
+def _make_inputs(obj: Any, b0: int | None, b: int, preferred: int = 0) -> Any:
+    """The call's arguments with a tensor for each spec, at batch ``b`` where it was at ``b0``:
+    along ``preferred`` (the first input's batch dimension) where that dimension is ``b0``, else
+    along the first that is ((layers, batch, hidden) states beside (batch, sequence) ids)."""
 
     def make(spec: Any) -> Any:
         if not isinstance(spec, TensorSpec):
             return spec
         shape = list(spec.shape)
-        if b0 and shape and shape[0] == b0:
-            shape[0] = b
+        d = leaf_batch_dim(spec.shape, b0, preferred)
+        if d is not None:
+            shape[d] = b
         t = torch.empty(shape, dtype=spec.dtype, device=spec.device)
         if spec.requires_grad and t.is_floating_point():
             t.requires_grad_(True)
@@ -293,8 +303,8 @@ def replay(
         with mode:
             twins = [o for o in (_fake_optimizer(opt, fakes) for opt in optimizers) if o is not None] if train else []
             with counter:
-                args = _make_inputs(call.args, call.batch_size, b)
-                kwargs = _make_inputs(call.kwargs, call.batch_size, b)
+                args = _make_inputs(call.args, call.batch_size, b, batch_dim_of(call))
+                kwargs = _make_inputs(call.kwargs, call.batch_size, b, batch_dim_of(call))
                 input_bytes = counter.scaled
                 for _ in range(n_steps):
                     for opt in twins:

@@ -285,9 +285,10 @@ class StorageTracker(TorchDispatchMode):
     def batch_size(self, b: int | None) -> None:
         """The batch size that ``scaled`` refers to. Set first at the first model call, when the
         first batch already exists: the model's inputs of that call (``first_inputs``, storage
-        keys) are marked scaled then, when the batch is their leading dimension (not a data set
-        made before the loop, even one of the batch's size). Without known inputs, every live
-        storage made before the loop with the batch as its leading dimension is."""
+        keys of inputs that are whole storages, not views into a data set) are marked scaled then,
+        when their shape scales (the batch at any dimension: (sequence, batch) token ids too).
+        Without known inputs, every live storage made before the loop with the batch as its leading
+        dimension is (not a data set made before the loop, unless one of the batch's size)."""
         first = self._batch_size is None
         self._batch_size = b
         self._scale_cache.clear()
@@ -297,7 +298,7 @@ class StorageTracker(TorchDispatchMode):
         for ref in self.refs.values():
             shape = ref.shape
             if (not ref.scaled and ref.category >= TRANSIENT_FROM and ref.step == PRE_LOOP and shape
-                    and shape[0] == b and self._scales(shape) and (not inputs or ref.key in inputs)):
+                    and (ref.key in inputs if inputs else shape[0] == b) and self._scales(shape)):
                 ref.scaled = True
                 self.scaled_live += ref.nbytes
 

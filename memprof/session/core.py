@@ -31,6 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from memprof.analyze import Doctor
 from memprof.collect import ophook
+from memprof.collect.autograd import BackwardHook
 from memprof.collect.census import live_objects, live_tensors, reachable_tensors
 from memprof.collect.cuda import CudaBackend, CudaCollector
 from memprof.collect.graphs import ForwardTracker
@@ -63,6 +64,8 @@ class Session:
         self.boundaries = Boundaries(self)
         self.modules = ModuleCollector(self.tracker, self.boundaries.on_model_call, self._on_model_output)
         self.forwards = ForwardTracker(self._on_forward_dead, self._on_forward_backward)
+        self.backward_hook = BackwardHook(self.guard(self.boundaries.on_backward_start),
+                                          self.guard(self.boundaries.on_backward_end))
         self.cuda = CudaCollector(backend=cuda_backend) if cuda_backend is not None else CudaCollector()
         self.doctor = Doctor()
         self.doctor.tracker_refs = self.tracker.live_refs
@@ -107,7 +110,7 @@ class Session:
                     self.tracker.limit_device = "CPU"
         except Exception as e:
             self.warn(f"CUDA collector disabled: {e}")
-        self._handles.append(register_optimizer_step_pre_hook(self.guard(self.optimizers.before_step)))
+        self._handles.append(register_optimizer_step_pre_hook(self.guard(self.boundaries.before_optimizer_step)))
         self._handles.append(register_optimizer_step_post_hook(self.guard(self.boundaries.after_optimizer_step)))
         self._choose_tracker()
         self.tracker.peak_watch = self.lingering.on_peak
@@ -115,6 +118,10 @@ class Session:
         self.tracker.on_over_limit = lambda n: self.oom.on_oom(n, "memory-limit")
         self.cuda.on_oom = lambda ev: self.oom.on_oom(ev.requested_bytes, "cuda")
         self._adopt_existing()
+        try:
+            self.backward_hook.install()
+        except Exception as e:
+            self.warn(f"backward passes not followed: {e!r}")
         self.set_detail(True)
         if cfg.publish:
             self.publisher.start()
@@ -161,6 +168,9 @@ class Session:
                                         self.steps.index)
         except Exception as e:
             self.warn(f"last iteration not recorded: {e}")
+        self.backward_hook.remove()
+        if self.backward_hook.errors:
+            self.warn(f"internal error around a backward pass: {self.backward_hook.last_error!r}")
         self.set_detail(False)
         for h in self._handles:
             try:
@@ -282,15 +292,17 @@ class Session:
                     record.saved_bytes = self._root_saved[key] = self.tracker.saved_bytes_of(key)
                 else:  # between sampled steps: what this model's forward saved on the last sampled one
                     record.saved_bytes = self._root_saved.get(key, 0)
-            self.forwards.watch(output, record)
+            if self.forwards.watch(output, record):
+                self.boundaries.on_graph_watched(call, record)
             self.live_after_call = self.tracker.live
         except Exception as e:
             self.warn(f"internal error after a model call: {e!r}", tb=True)
 
     def _on_forward_backward(self, record: ForwardRecord) -> None:
-        self.boundaries.on_backward()
+        self.boundaries.on_graph_backward(record)
 
     def _on_forward_dead(self, record: ForwardRecord) -> None:
+        self.boundaries.on_graph_dead(record)
         if not record.backpropagated and not self.stopped:
             with self.lock:
                 self.doctor.forward_dropped(record, self.steps.index)

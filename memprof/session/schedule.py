@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import TYPE_CHECKING
 
 from memprof.collect.heap import heap_in_use_bytes
@@ -22,6 +23,11 @@ from memprof.session.config import FULL_DETAIL_PERIOD, PHASE_SAMPLED_STEPS, WATC
 
 if TYPE_CHECKING:
     from memprof.session.core import Session
+
+# A periodic look (not one for a memory change or a new phase) waits until watching has lasted
+# this many times what the last detailed stretch took: at most ~2% of the run's time goes to them,
+# however costly a detailed step is (an LBFGS step of many passes, an RL episode of many calls).
+PERIODIC_WAIT_FACTOR = 50
 
 
 def rss_bytes() -> int:
@@ -41,6 +47,9 @@ class Schedule:
         self._counter_high = 0
         self._sample_until = 0  # --detail full: iterations before this index are sampled (a new phase)
         self._next_census = 0  # --detail full: the index from which a census is due again
+        self._detail_on_at: float | None = None  # when the current detailed stretch began
+        self._detail_spent = 0.0  # how long the last detailed stretch took...
+        self._detail_off_at = 0.0  # ...and when it ended
 
     def sampled_step(self) -> bool:
         """Where ``--detail full`` looks at what rarely changes (the full-detail steps of the
@@ -116,13 +125,28 @@ class Schedule:
             if counter > self._counter_high + WATCH_MARGIN_BYTES:  # memory beyond what detail saw: look again
                 self._rearm = max(self._rearm, 2)
                 self._counter_high = counter
-            elif self._watched_since_detail >= self._watch_period:
+            elif (self._watched_since_detail >= self._watch_period
+                  and time.perf_counter() - self._detail_off_at >= PERIODIC_WAIT_FACTOR * self._detail_spent):
                 self._rearm = max(self._rearm, 2)
                 self._watch_period = min(self._watch_period * 2, 4096)
         if self._rearm > 0:
             self._rearm -= 1
             want = True
+        self._time_detail(s.detail, want)
         s.set_detail(want)
+
+    def _time_detail(self, on: bool, want: bool) -> None:
+        """Note how long each detailed stretch lasts (for the periodic looks' pace)."""
+        if on == want:
+            return
+        now = time.perf_counter()
+        if want:
+            self._detail_on_at = now
+        else:  # the first stretch (the run's first iterations, with its one-off costs) is not a pace
+            if self._detail_on_at is not None:
+                self._detail_spent = now - self._detail_on_at
+            self._detail_off_at = now
+            self._detail_on_at = None
 
     def counter(self) -> int:
         cuda = self.session.cuda

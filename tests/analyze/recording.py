@@ -49,8 +49,10 @@ def line_of(text: str, fn: Callable[..., Any] | None = None) -> int:
 class Recorder:
     """Feeds one detector what the session would, while a loop in the caller runs."""
 
-    def __init__(self, detector: Detector, peak_bytes: int = 1 << 20) -> None:
+    def __init__(self, detector: Detector, peak_bytes: int = 1 << 20,
+                 site_of: Callable[[torch.Tensor], tuple[str, int] | None] | None = None) -> None:
         self.detector = detector
+        self.site_of = site_of  # the storage tracker's line of a tensor's storage, as the session gives it
         self.peak_bytes = peak_bytes
         self.step = 0
         self.findings: list[Finding] = []
@@ -79,7 +81,8 @@ class Recorder:
         it = IterationRecord(
             index=self.step, phase=phase, detailed=True, peak_bytes=self.peak_bytes, end_bytes=0,
             batch_size=None, seconds=0.0,
-            variables=census(sys._getframe(1), forward_keys=set(self.forwards.by_node), step=self.step),
+            variables=census(sys._getframe(1), forward_keys=set(self.forwards.by_node), step=self.step,
+                             site_of=self.site_of),
         )
         self.iterations.append(it)
         self.findings += self.detector.on_iteration(it, self.forwards.by_node)

@@ -68,11 +68,36 @@ def test_a_graph_held_past_its_boundary_points_at_the_variable() -> None:
     assert rec.findings, "no retained graph found"
     f = rec.findings[0]
     assert (f.file, f.line, f.variable) == (__file__, line_of("bank.append(key(x))"), "bank")
-    assert f.step == 2  # first old at step 1, reported the second time
-    assert "no backward will free" in f.message and f.extra["graphs"] >= 2
+    assert f.step == 3  # the first graph has outlived three boundaries without a backward
+    assert "no backward freed in 3 iterations" in f.message and "`bank.append(key(x).detach())`" in f.advice and f.extra["graphs"] >= 2
 
 
 def test_small_graphs_are_not_worth_a_warning() -> None:
     rec = Recorder(RetainedGraphDetector(), peak_bytes=1 << 40)  # 32 KiB is nothing at this peak
     memory_bank(rec)
     assert rec.findings == []
+
+
+def chunks_consumed_later(rec: Recorder, every: int) -> None:
+    """Graphs kept over ``every`` boundaries, then backpropagated together and cleared."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    pending = []
+    for step in range(4 * every):
+        pending.append(rec.call(model, torch.randn(128, 64)).mean())
+        if step % every == every - 1:
+            opt.zero_grad()
+            torch.stack(pending).sum().backward()
+            opt.step()
+            pending.clear()
+        rec.boundary()
+
+
+def test_graphs_a_later_backward_consumes_are_not_retained() -> None:
+    rec = Recorder(RetainedGraphDetector())
+    chunks_consumed_later(rec, every=3)  # each graph outlives two boundaries, then its backward frees it
+    assert rec.findings == []
+    assert any(v.graph.saved_bytes for it in rec.iterations for v in it.variables if v.path == "pending")
+    rec = Recorder(RetainedGraphDetector())
+    chunks_consumed_later(rec, every=5)  # kept over four boundaries without a backward: reported
+    assert [f.variable for f in rec.findings][:1] == ["pending"]

@@ -1,7 +1,11 @@
 """Small training loops for the advisor's tests and benchmark: memprof predicts, groundtruth measures.
 
-usage: advise_models.py --model {mlp,cnn,transformer,lm} [--batch-size N] [--steps N]
+usage: advise_models.py --model {mlp,cnn,transformer,lm,rnnlm} [--batch-size N] [--steps N]
                         [--optim {adam,adamw,sgd}] [--keep-grads] [--amp] [--loader]
+
+``rnnlm`` is PyTorch's word-language model as its example trains it: an ``nn.LSTM`` reading
+(bptt, batch) token ids, sequence first, from a corpus batchified before the loop, the hidden state
+carried (detached) from one window to the next, and the targets flattened to (bptt * batch,).
 """
 import argparse
 import functools
@@ -37,6 +41,53 @@ class Encoder(nn.Module):
         return self.head(self.body(self.inp(x)).mean(1))
 
 
+class RNNModel(nn.Module):
+    """The word-language model's: embedding, a sequence-first LSTM, a decoder, log-softmax."""
+
+    def __init__(self, vocab: int = 2048, d: int = 64, hidden: int = 128, layers: int = 2) -> None:
+        super().__init__()
+        self.vocab, self.hidden, self.layers = vocab, hidden, layers
+        self.drop = nn.Dropout(0.2)
+        self.encoder = nn.Embedding(vocab, d)
+        self.rnn = nn.LSTM(d, hidden, layers, dropout=0.2)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, ids: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        out, state = self.rnn(self.drop(self.encoder(ids)), state)
+        decoded = self.decoder(self.drop(out)).view(-1, self.vocab)
+        return nn.functional.log_softmax(decoded, dim=1), state
+
+    def init_hidden(self, bsz: int) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = next(self.parameters())
+        return weight.new_zeros(self.layers, bsz, self.hidden), weight.new_zeros(self.layers, bsz, self.hidden)
+
+
+def train_rnnlm(a: argparse.Namespace, model: RNNModel, opt: torch.optim.Optimizer) -> torch.Tensor:
+    """The word-language model's loop: windows of ``BPTT`` rows of a corpus batchified into columns."""
+    bptt = BPTT
+    corpus = torch.randint(0, model.vocab, (2**16,))  # the same corpus at any batch size
+    rows = corpus.size(0) // a.batch_size
+    source = corpus.narrow(0, 0, rows * a.batch_size).view(a.batch_size, -1).t().contiguous()
+    criterion = nn.NLLLoss()
+    hidden = model.init_hidden(a.batch_size)
+    loss = torch.zeros(())
+    for step in range(a.steps):
+        i = step * bptt
+        data, targets = source[i:i + bptt], source[i + 1:i + 1 + bptt].reshape(-1)
+        opt.zero_grad(set_to_none=not a.keep_grads)
+        hidden = tuple(h.detach() for h in hidden)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.amp):
+            output, hidden = model(data, hidden)
+            loss = criterion(output.float(), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opt.step()
+    return loss
+
+
+BPTT = 35
+
+
 def build(name: str) -> tuple[nn.Module, tuple[int, ...], str]:
     """The model, the shape of one sample, and the kind of target."""
     if name == "mlp":
@@ -52,6 +103,8 @@ def build(name: str) -> tuple[nn.Module, tuple[int, ...], str]:
         return Encoder(), (48, 16), "class"
     if name == "lm":
         return TinyLM(), (32,), "lm"
+    if name == "rnnlm":
+        return RNNModel(), (BPTT,), "rnnlm"
     raise SystemExit(f"unknown model {name}")
 
 
@@ -79,6 +132,10 @@ def main() -> None:
 
         for layer in model.body.layers:
             layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+    if target == "rnnlm":
+        assert isinstance(model, RNNModel)
+        print(f"loss {train_rnnlm(a, model, opt).item():.3f}")
+        return
     loss_fn = nn.CrossEntropyLoss()
     b = a.batch_size
 

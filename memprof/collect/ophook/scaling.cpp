@@ -31,13 +31,14 @@ void Ledger::set_scaling(int64_t batch_size, const std::vector<int64_t>& numels,
   fixed_shapes = std::set<std::vector<int64_t>>(sorted_shapes.begin(), sorted_shapes.end());
 }
 
-// The first model call's batch: pre-loop storages that scale with it (its inputs, when known).
+// The first model call's batch: pre-loop storages that scale with it. Its inputs when known (the
+// batch at any dimension: (sequence, batch) token ids too), else those the batch leads.
 void Ledger::mark_first_batch(const std::unordered_set<intptr_t>& inputs) {
   std::lock_guard<SpinLock> g(mu);
   for (auto& kv : live_entries) {
     Entry* e = kv.second;
     if (!e->scaled && e->category >= TRANSIENT_FROM && e->step == PRE_LOOP && !e->shape.empty() &&
-        e->shape[0] == batch && scales(e->shape) && (inputs.empty() || inputs.count(e->key))) {
+        (inputs.empty() ? e->shape[0] == batch : inputs.count(e->key) > 0) && scales(e->shape)) {
       e->scaled = true;
       scaled_live += e->nbytes;
     }
