@@ -10,6 +10,11 @@ the report says what memprof found. The examples are not part of this repository
 Writes ``results/real-code-<date>.{md,json}`` (or ``--out DIR``). Where an example would run for
 long (reinforcement learning until solved, 40 epochs), the harness caps it in a copy (the
 ``patch`` column says how); the examples' own files are never modified.
+
+The loops of the frameworks users train in (a tiny GPT-2 in a plain loop and under
+``transformers.Trainer``, a Lightning module, a DCGAN-shaped loop, a two-rank DDP job under torchrun)
+are in ``real_code_scripts/``, written as those frameworks' documentation writes them; they need
+``pip install transformers accelerate lightning`` (no download at run time: models are built from configs).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class Example:
     prepare: list[str] = field(default_factory=list)  # python scripts to run first, in the copy
     # file -> (file to take it from, lines kept), in the copy: data sets cut to a run of a minute
     data: dict[str, tuple[str, int]] = field(default_factory=dict)
+    own: bool = False  # from real_code_scripts/ (frameworks' loops), not from pytorch/examples
+    nproc: int = 0  # ranks of a torchrun job (0: a plain script)
 
 
 EXAMPLES = [
@@ -69,7 +76,18 @@ EXAMPLES = [
     Example("actor_critic", "reinforcement_learning", "actor_critic.py", [],
             "actor-critic: actions and values kept per episode, one backward per episode",
             patch={"actor_critic.py": ("for i_episode in count(1):", "for i_episode in range(1, 41):")}),
+    # Loops of the frameworks users train in, written as their documentation writes them (OWN).
+    Example("gpt2_loop", ".", "gpt2_loop.py", [], "tiny GPT-2 (transformers), plain loop, AdamW, warmup, no_grad eval",
+            own=True),
+    Example("gpt2_trainer", ".", "gpt2_trainer.py", [], "tiny GPT-2 under transformers.Trainer, then evaluate()", own=True),
+    Example("lightning_module", ".", "lightning_module.py", [], "LightningModule under Trainer.fit, validation each epoch",
+            own=True),
+    Example("dcgan_shaped", ".", "dcgan_shaped.py", [], "DCGAN's loop: two optimizers, D on real and detached fake, then G",
+            own=True),
+    Example("ddp_two_ranks", ".", "ddp_two_ranks.py", [], "DistributedDataParallel, 2 ranks on gloo, under torchrun",
+            own=True, nproc=2),
 ]
+OWN = HERE / "real_code_scripts"  # a folder per run is made for each of these
 
 
 def _mask(text: str) -> str:
@@ -80,7 +98,11 @@ def _mask(text: str) -> str:
 
 def _copy(example: Example, root: Path, into: Path) -> Path:
     work = into / example.name
-    shutil.copytree(root / example.folder, work)
+    if example.own:  # one script of real_code_scripts/
+        work.mkdir(parents=True)
+        shutil.copy2(root / example.script, work / example.script)
+    else:
+        shutil.copytree(root / example.folder, work)
     for rel, (old, new) in example.patch.items():
         path = work / rel
         text = path.read_text()
@@ -130,11 +152,14 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def run_example(example: Example, root: Path, timeout: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="memprof-real-") as tmp:
-        plain_dir = _copy(example, root, Path(tmp) / "plain")
-        prof_dir = _copy(example, root, Path(tmp) / "memprof")
-        rc0, out0, _err0, t0 = _run([sys.executable, example.script, *example.args], plain_dir, timeout)
+        source = OWN if example.own else root
+        plain_dir = _copy(example, source, Path(tmp) / "plain")
+        prof_dir = _copy(example, source, Path(tmp) / "memprof")
+        launch = ["-m", "torch.distributed.run", "--nproc-per-node", str(example.nproc)] if example.nproc else []
+        rc0, out0, _err0, t0 = _run([sys.executable, *launch, example.script, *example.args], plain_dir, timeout)
         report_path = Path(tmp) / "report.json"
-        rc1, out1, err1, t1 = _run([sys.executable, "-m", "memprof", "run", "--json", str(report_path),
+        ranks = ["--nproc-per-node", str(example.nproc)] if example.nproc else []
+        rc1, out1, err1, t1 = _run([sys.executable, "-m", "memprof", "run", *ranks, "--json", str(report_path),
                                     example.script, *example.args], prof_dir, timeout)
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return {

@@ -32,6 +32,13 @@ __all__ = [
 ]
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext memprof`` in IPython or Jupyter: the ``%memprof`` and ``%%memprof`` magics."""
+    from memprof.integrations.ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __getattr__(name: str) -> Any:
     # torch is imported only when a session is asked for, so `import memprof` stays cheap.
     if name in ("track", "profile", "Session"):

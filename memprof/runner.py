@@ -2,12 +2,15 @@
 
 Same ``sys.argv``, ``sys.path[0]``, ``__main__``, stdout/stderr and exit status. The report is
 written whatever happens: a normal end, an exception, an out-of-memory, ``sys.exit``, SIGINT
-(``KeyboardInterrupt``) or SIGTERM (turned into an exception so the stack unwinds).
+(``KeyboardInterrupt``), SIGTERM or SIGHUP (a closed terminal): each of the last two is turned into
+an exception named after it (so the stack unwinds and the report says ``SIGTERM``), unless the
+script handles that signal itself, and memprof dies of the signal after the report, as python would.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib.machinery
 import io
 import os
@@ -18,14 +21,35 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from memprof.errors import MemprofError
 from memprof.model import Report, Status
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived: unwind the script like an exception, then die of SIGTERM after the report."""
+class Signalled(BaseException):
+    """A signal that ends the run arrived: unwind the script like an exception, then die of the
+    signal after the report. Each subclass is named as users know the signal (``SIGTERM``)."""
+
+    signum: ClassVar[signal.Signals]
+
+    def __init__(self) -> None:
+        super().__init__(signal.strsignal(self.signum) or self.signum.name)
+
+
+class SIGTERM(Signalled):
+    """``kill PID``: the report reads ``SIGTERM: Terminated``."""
+
+    signum = signal.SIGTERM
+
+
+class SIGHUP(Signalled):
+    """The terminal closed: the report reads ``SIGHUP: Hangup``."""
+
+    signum = signal.SIGHUP
+
+
+ENDING_SIGNALS: tuple[type[Signalled], ...] = (SIGTERM, SIGHUP)
 
 
 @dataclass
@@ -39,23 +63,43 @@ class Target:
 
 
 def check_target(target: Target) -> None:
+    """Fail as python does, before any profiling, where python would not start the script: a
+    missing or unreadable script (exit 2), a folder without ``__main__.py`` or a missing module
+    (exit 1); python's one line, no summary, no report."""
     if target.path is not None:
-        if not os.path.exists(target.path):
-            raise MemprofError(f"can't open file '{target.path}': no such file")
-        if os.path.isdir(target.path) and not os.path.exists(os.path.join(target.path, "__main__.py")):
-            raise MemprofError(f"can't find '__main__' module in '{target.path}'")
-    elif target.module is not None:
-        import importlib.util
-
-        sys.path.insert(0, os.getcwd())
+        path = os.path.abspath(target.path)
+        if os.path.isdir(path):
+            if not os.path.exists(os.path.join(path, "__main__.py")):
+                raise MemprofError(f"can't find '__main__' module in '{path}'", exit_code=1)
+            return
         try:
-            spec = importlib.util.find_spec(target.module)
-        except (ImportError, ValueError):
-            spec = None
-        finally:
-            sys.path.pop(0)
-        if spec is None:
-            raise MemprofError(f"no module named {target.module}")
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise MemprofError(f"can't open file '{path}': [Errno {e.errno}] {e.strerror}") from None
+    elif target.module is not None:
+        _check_module(target.module)
+
+
+def _check_module(name: str) -> None:
+    import importlib.util
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        spec = importlib.util.find_spec(name)
+        locations = spec.submodule_search_locations if spec is not None else None
+        # a package runs its __main__, found without importing the package before the session
+        main = importlib.machinery.PathFinder.find_spec("__main__", list(locations)) if locations else spec
+    except (ImportError, ValueError) as e:
+        raise MemprofError(f"Error while finding module specification for {name!r} ({type(e).__name__}: {e})",
+                           exit_code=1) from None
+    finally:
+        sys.path.pop(0)
+    if spec is None:
+        raise MemprofError(f"No module named {name}", exit_code=1)
+    if main is None:
+        raise MemprofError(f"No module named {name}.__main__; {name!r} is a package and cannot be directly "
+                           "executed", exit_code=1)
 
 
 def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
@@ -104,10 +148,11 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _run_path(path: str) -> None:
+def _run_path(path: str, keep: list[object]) -> None:
     """Run a script as ``python path`` does: ``__file__`` and its code's file name absolute (so
     warnings and tracebacks name the same file), ``sys.argv[0]`` as typed, a fresh ``__main__``.
-    A directory or a zip file (``__main__.py`` inside) goes to runpy."""
+    A directory or a zip file (``__main__.py`` inside) goes to runpy. The script's module goes to
+    ``keep``: its globals live on until the report is made, as under python until the exit."""
     if not os.path.isfile(path) or path.endswith((".zip", ".pyz")):
         runpy.run_path(path, run_name="__main__")
         return
@@ -115,6 +160,7 @@ def _run_path(path: str) -> None:
     with io.open_code(fname) as fh:
         code = compile(fh.read(), fname, "exec")
     main = ModuleType("__main__")
+    keep.append(main)
     main.__dict__.update(__file__=fname, __cached__=None, __builtins__=builtins, __package__=None, __spec__=None,
                          __loader__=importlib.machinery.SourceFileLoader("__main__", fname))
     old = sys.modules.get("__main__")
@@ -136,67 +182,104 @@ def run_target(target: Target, args: list[str], session_factory: Callable[[], An
     else:
         sys.argv = [target.module or "", *args]  # runpy puts the module's path here
         sys.path[0:1] = [os.getcwd()]
-    old_term = _install_sigterm()
+    started_in = os.getcwd()
+    guard = _SignalGuard()
     session = session_factory()
-    status, code, term, intr = Status.OK, 0, False, False
+    status, code, die_of = Status.OK, 0, None
     exc: BaseException | None = None
+    kept: list[object] = []  # the script's module (or globals), alive until the report is made
     try:
+        guard.install()
         session.start()
         if target.path is not None:
-            _run_path(target.path)
+            _run_path(target.path, kept)
         else:
-            runpy.run_module(target.module or "", run_name="__main__", alter_sys=True)
+            kept.append(runpy.run_module(target.module or "", run_name="__main__", alter_sys=True))
     except SystemExit as e:
         code = _exit_code(e.code)
         status = Status.OK if code == 0 else Status.ERROR
-    except _Terminated as e:
-        status, exc, code, term = Status.INTERRUPTED, e, 128 + signal.SIGTERM, True
+    except Signalled as e:
+        status, exc, code, die_of = Status.INTERRUPTED, e, 128 + e.signum, e.signum
     except KeyboardInterrupt as e:
-        status, exc, code, intr = Status.INTERRUPTED, e, 130, True
-        traceback.print_exception(type(e), e, _user_traceback(e.__traceback__))
+        status, exc, code, die_of = Status.INTERRUPTED, e, 130, signal.SIGINT
+        _print_exception(e)
     except BaseException as e:
         import torch
 
         status = Status.OOM if isinstance(e, torch.OutOfMemoryError) else Status.ERROR
         exc, code = e, 1
-        traceback.print_exception(type(e), e, _user_traceback(e.__traceback__))
+        _print_exception(e)
     finally:
-        _restore_sigterm(old_term)
+        guard.raising = False  # a signal while the report is written: noted, and died of at the end
+        with contextlib.suppress(OSError):  # the report names paths as seen from where memprof started
+            os.chdir(started_in)
     try:
         report = session.stop(status, exc, exit_code=code)
         finish(report)
     except Exception as e:  # a memprof failure must not change the script's exit status
-        print(f"memprof: warning: could not write the report: {e}", file=sys.stderr)
+        warning = f"memprof: warning: could not write the report: {e}"
+        _quietly(lambda: print(warning, file=sys.stderr))
     finally:
+        kept.clear()
         sys.argv = old_argv
         if old_path0 is not None and sys.path:
             sys.path[0] = old_path0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Die of the same signal, as python does, so a parent sees the same status.
-    for flag, sig in ((term, signal.SIGTERM), (intr, signal.SIGINT)):
-        if flag:
-            signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
+        guard.restore()
+    _quietly(sys.stdout.flush)
+    _quietly(sys.stderr.flush)  # after a hang-up the terminal is gone: nothing to flush to
+    die_of = die_of or guard.received
+    if die_of is not None:  # die of the same signal, as python does, so a parent sees the same status
+        signal.signal(die_of, signal.SIG_DFL)
+        os.kill(os.getpid(), die_of)
+        code = 128 + die_of  # where the signal is blocked
     return code
 
 
-def _install_sigterm() -> Any:
-    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        return None  # someone else handles SIGTERM: leave it to them
+def _print_exception(e: BaseException) -> None:
+    _quietly(lambda: traceback.print_exception(type(e), e, _user_traceback(e.__traceback__)))
 
-    def handler(signum: int, frame: Any) -> None:
-        raise _Terminated()
 
+def _quietly(write: Callable[[], object]) -> None:
     try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
+        write()
+    except (OSError, ValueError):  # a closed terminal (EIO), a closed stream
+        pass
 
 
-def _restore_sigterm(old: Any) -> None:
-    if old is not None:
-        try:
-            signal.signal(signal.SIGTERM, old)
-        except ValueError:
-            pass
+class _SignalGuard:
+    """SIGTERM and SIGHUP, where nobody handles them yet (an ignored SIGHUP, under ``nohup``, stays
+    ignored; a handler the script installs replaces ours): while the script runs, the signal's
+    exception is raised in it, once; after that, or once the script ended (``raising`` off), a
+    signal is only noted in ``received``: the report is still written and memprof dies of the
+    signal afterwards."""
+
+    def __init__(self) -> None:
+        self.raising = True
+        self.received: signal.Signals | None = None
+        self.previous: dict[signal.Signals, Any] = {}
+
+    def install(self) -> None:
+        for kind in ENDING_SIGNALS:
+            try:
+                if signal.getsignal(kind.signum) not in (signal.SIG_DFL, None):
+                    continue
+                self.previous[kind.signum] = signal.signal(kind.signum, self._handler(kind))
+            except (ValueError, OSError):  # not the main thread: python's own behaviour stays
+                continue
+
+    def _handler(self, kind: type[Signalled]) -> Callable[[int, Any], None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self.raising:  # once: a second signal (a hang-up seen twice) must not cut the unwinding
+                self.raising = False
+                raise kind()
+            self.received = self.received or kind.signum
+
+        return handler
+
+    def restore(self) -> None:
+        for signum, old in self.previous.items():
+            try:
+                signal.signal(signum, old)
+            except (ValueError, OSError):
+                pass
+        self.previous = {}

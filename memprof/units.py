@@ -7,21 +7,31 @@ import re
 from memprof.errors import MemprofError
 
 _UNITS = {
-    "": 1, "b": 1,
+    "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*([+-]?)\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+EXAMPLES = "5GiB, 512MiB, 800MB…"
 
 
 def parse_size(text: str) -> int:
-    """``'8GiB'`` -> 8589934592. Decimal units (GB) are powers of 1000, binary ones (GiB) of 1024."""
+    """``'8GiB'`` -> 8589934592. Decimal units (GB) are powers of 1000, binary ones (GiB) of 1024.
+
+    A unit is required (``B`` for bytes: a bare ``5`` is far more likely a typo for 5 GiB than
+    five bytes), and the size must be positive; each mistake is a :class:`MemprofError` that says
+    what to write instead."""
     m = _SIZE.match(str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise MemprofError(f"invalid size {text!r}: use a number and a unit, e.g. 8GiB, 512MiB, 1.5GB")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value <= 0:
-        raise MemprofError(f"invalid size {text!r}: must be positive")
+    if not m or (m.group(3) and m.group(3).lower() not in _UNITS):
+        raise MemprofError(f"invalid size {text!r}: write a number and a unit, e.g. {EXAMPLES}")
+    sign, number, unit = m.groups()
+    if not unit:
+        raise MemprofError(f"{text!r} has no unit; write {number}GiB, 512MiB, 800MB… (or {number}B for bytes)")
+    value = float(number) * _UNITS[unit.lower()]
+    if sign == "-" and value > 0:
+        raise MemprofError(f"{text!r} is negative; a size is positive, e.g. {EXAMPLES}")
+    if int(value) <= 0:
+        raise MemprofError(f"invalid size {text!r}: must be at least 1 byte, e.g. {EXAMPLES}")
     return int(value)
 
 

@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "session": {"model", "collect", "analyze", "advise", "report", "live", "units", "errors", "_version"},
     "api": {"session", "report", "model", "units", "errors", "_version"},
     "runner": {"model", "errors"},
+    "integrations": {"api", "report", "model", "units", "errors"},
     "cli": {"*"},
     "__init__": {"*"},
     "__main__": {"cli"},

@@ -18,6 +18,7 @@ from memprof.model.run import OptimizerInfo, RunData
 from memprof.units import fmt_bytes
 
 MIN_SAVING_SHARE = 0.05
+LBFGS_HISTORY = 10  # the history an LBFGS is advised to keep at most
 
 # float32 state tensors per parameter (before the first step, to estimate what it will make)
 _SLOTS = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "Adadelta": 2, "SparseAdam": 2,
@@ -55,6 +56,13 @@ def alternatives(info: OptimizerInfo, state: int) -> list[tuple[str, int]]:
         out.append(("SGD without momentum (no state)", state))
     elif info.type == "RMSprop" and slots > 1:
         out.append(("RMSprop without momentum or centering (one state tensor)", int(state * (1 - 1 / slots))))
+    elif info.type == "LBFGS" and info.param_bytes:
+        # Its history: two flat copies of the parameters per entry (old_dirs, old_stps), beside
+        # the direction and the last gradient.
+        entries = max(0, (state // info.param_bytes - 2) // 2)
+        if entries > LBFGS_HISTORY:
+            out.append((f"LBFGS with history_size={LBFGS_HISTORY} (it keeps {entries} pairs of flat parameter "
+                        "copies now)", (entries - LBFGS_HISTORY) * 2 * info.param_bytes))
     return out
 
 
@@ -83,16 +91,43 @@ class Optimizer:
         return recs
 
 
+def labels(infos: list[OptimizerInfo]) -> list[str]:
+    """One key per optimizer: its type, numbered where the run has several of one type
+    (a GAN's two Adams: "Adam #1", "Adam #2")."""
+    counts: dict[str, int] = {}
+    for info in infos:
+        counts[info.type] = counts.get(info.type, 0) + 1
+    seen: dict[str, int] = {}
+    out = []
+    for info in infos:
+        seen[info.type] = seen.get(info.type, 0) + 1
+        out.append(f"{info.type} #{seen[info.type]}" if counts[info.type] > 1 else info.type)
+    return out
+
+
+def own_share_at_peak(infos: list[OptimizerInfo], at_peak: int) -> list[int]:
+    """Each optimizer's part of the optimizer state at the peak: the peak's state split in
+    proportion to each one's own (one optimizer: all of it)."""
+    states = [info.state_bytes for info in infos]
+    total = sum(states)
+    if len(infos) == 1:
+        return [at_peak]
+    if total <= 0:
+        return [0 for _ in infos]
+    return [at_peak * n // total for n in states]
+
+
 def recommend(data: RunData, model: BatchModel | None) -> tuple[list[Recommendation], dict[str, Any]]:
     figures: dict[str, Any] = {}
     recs: list[Recommendation] = []
     peak = data.peak_bytes or 1
-    at_peak = int(data.breakdown_at_peak.get("optimizer_state", 0))
-    for info in data.optimizers:
+    infos = list(data.optimizers)
+    owns = own_share_at_peak(infos, int(data.breakdown_at_peak.get("optimizer_state", 0)))
+    for info, label, at_peak in zip(infos, labels(infos), owns, strict=True):
         state = expected_state_bytes(info)
-        figures[info.type] = {"state_bytes": info.state_bytes, "expected_state_bytes": state,
-                              "param_bytes": info.param_bytes, "state_at_peak_bytes": at_peak,
-                              "share_of_peak": round(at_peak / peak, 4)}
+        figures[label] = {"state_bytes": info.state_bytes, "expected_state_bytes": state,
+                          "param_bytes": info.param_bytes, "state_at_peak_bytes": at_peak,
+                          "share_of_peak": round(at_peak / peak, 4)}
         options = alternatives(info, state)
         if not options or state < MIN_SAVING_SHARE * peak:
             continue
@@ -110,10 +145,11 @@ def recommend(data: RunData, model: BatchModel | None) -> tuple[list[Recommendat
         recs.append(Recommendation(
             kind=RecommendationKind.OPTIMIZER, current=info.type, suggested=what.split(" (")[0],
             predicted_peak_bytes=predicted,
-            message=(f"{info.type} keeps {fmt_bytes(state)} of optimizer state ({state / max(info.param_bytes, 1):.1f}x "
+            message=(f"{label} keeps {fmt_bytes(state)} of optimizer state ({state / max(info.param_bytes, 1):.1f}x "
                      f"the parameters, {share}); {what} saves {fmt_bytes(saving)}: predicted peak "
                      f"{fmt_bytes(predicted)}" + (f" (also: {others})" if others else "")),
-            extra={"state_bytes": state, "saving_bytes": saving,
+            extra={**({"optimizer": label} if label != info.type else {}),  # which one, where several share a type
+                   "state_bytes": state, "saving_bytes": saving,
                    "alternatives": [{"optimizer": w, "saving_bytes": s} for w, s in options]},
         ))
     return recs, figures

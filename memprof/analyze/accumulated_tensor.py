@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from memprof.analyze.base import BaseDetector
-from memprof.analyze.fixes import accumulation_fix, keep_detached_fix
+from memprof.analyze.fixes import accumulation_fix, keep_detached_fix, on_gpu
 from memprof.analyze.source import Want, locate
 from memprof.model import Finding, FindingKind, Severity
 from memprof.model.run import ForwardRecord, IterationRecord, VarObservation
@@ -111,7 +111,7 @@ class AccumulatedTensorDetector(BaseDetector):
                 f"{name} keeps a tensor with its autograd graph every step "
                 f"(+{fmt_bytes(per_step)} per step, {last.tensors} tensors held)"
             )
-            advice = keep_detached_fix(where)
+            advice = keep_detached_fix(where, on_gpu=on_gpu(it))
             severity = Severity.WARNING
         else:
             where = locate(last, Want.of(last, "count" if count else "bytes"))
@@ -120,10 +120,9 @@ class AccumulatedTensorDetector(BaseDetector):
                 f"{name} grows every step (+{fmt_bytes(per_step)} per step, {last.tensors} tensors held, "
                 f"{fmt_bytes(last.bytes)} in all)"
             )
-            advice = (
-                f"bound {name} (`collections.deque(maxlen=...)`), drop what was used, or keep it on the CPU "
-                "(`.cpu()`) or as the numbers you need"
-            )
+            # On a CPU run, moving it "to the CPU" changes nothing: only bounding or dropping helps.
+            offload = "keep it on the CPU (`.cpu()`) or as the numbers you need" if on_gpu(it) else "keep only the numbers you need"
+            advice = f"bound {name} (`collections.deque(maxlen=...)`), drop what was used, or {offload}"
             severity = Severity.WARNING if it.phase == "train" and share >= HELD_SHARE else Severity.INFO
         return Finding(
             kind=self.kind, severity=severity, message=message, advice=advice,

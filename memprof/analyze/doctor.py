@@ -28,7 +28,7 @@ class Doctor:
 
     def _add(self, findings: list[Finding]) -> None:
         for f in findings:
-            if f.file is not None:
+            if f.file is not None and not f.file.startswith("<"):  # "<ipython-input-3-...>" is no path
                 f.file = os.path.abspath(f.file)
             key = (f.kind.value, f.file, f.line)
             old = self._index.get(key)

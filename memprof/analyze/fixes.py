@@ -13,6 +13,7 @@ import ast
 import copy
 
 from memprof.analyze.source import Located, carries_no_graph, name_of, statement_at
+from memprof.model.run import IterationRecord
 
 MAX_CODE = 110  # longer code is shown by its changed part only
 
@@ -40,6 +41,19 @@ def _detached_value(value: ast.expr, method: str, path: str) -> ast.expr:
         d = copy.deepcopy(value)
         d.values = [v if carries_no_graph(v, path) else _detached_value(v, method, path) for v in value.values]
         return d
+    if isinstance(value, ast.IfExp):  # ``loss.item() if careful else loss``: the branch with a graph
+        if carries_no_graph(value.body, path) or carries_no_graph(value.orelse, path):
+            graph = value.orelse if carries_no_graph(value.body, path) else value.body
+            fixed = _detached_value(graph, method, path)
+            other = value.body if graph is value.orelse else value.orelse
+            if _text(fixed) == _text(other):  # both branches now add the same: one expression
+                return fixed
+            cond = copy.deepcopy(value)
+            if graph is value.orelse:
+                cond.orelse = fixed
+            else:
+                cond.body = fixed
+            return cond
     if isinstance(value, ast.BinOp) and (name_of(value.left) == path or name_of(value.right) == path):
         b = copy.deepcopy(value)
         if name_of(value.left) == path:
@@ -112,9 +126,17 @@ def accumulation_fix(where: Located, scalar: bool) -> str:
             "`with torch.no_grad():`")
 
 
-def keep_detached_fix(where: Located) -> str:
-    """A holder that keeps graph-carrying tensors: keep them detached."""
+def on_gpu(it: IterationRecord) -> bool:
+    """Whether the iteration ran on a GPU (the CUDA allocator's counters were read): only then does
+    moving a tensor to the CPU (`.cpu()`) free memory that counts."""
+    return it.cuda_allocated_peak is not None
+
+
+def keep_detached_fix(where: Located, on_gpu: bool = True) -> str:
+    """A holder that keeps graph-carrying tensors: keep them detached (and on a GPU run, maybe on
+    the CPU; on a CPU run `.cpu()` would change nothing)."""
     code = _rewrite(where, "detach")
+    alt = "`.detach().cpu()`, or a reduced metric" if on_gpu else "a reduced metric"
     if code:
-        return f"keep tensors without their graph: `{code}` (or `.detach().cpu()`, or a reduced metric)"
-    return f"store `.detach()`ed tensors (or `.detach().cpu()`, or a reduced metric) in {where.name}, not graph-carrying ones"
+        return f"keep tensors without their graph: `{code}` (or {alt})"
+    return f"store `.detach()`ed tensors (or {alt}) in {where.name}, not graph-carrying ones"

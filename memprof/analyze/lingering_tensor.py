@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from memprof.analyze.base import BaseDetector
+from memprof.analyze.fixes import on_gpu
 from memprof.analyze.source import find_statement
 from memprof.model import Finding, FindingKind, Severity
 from memprof.model.run import ForwardRecord, IterationRecord, LingeringCandidate
@@ -43,6 +44,7 @@ class LingeringTensorDetector(BaseDetector):
             line = find_statement(file, c.function or "", c.first_line or 0, c.line, expr, rebinding=True,
                                   owner_file=file if "." in expr else None)
             share = total / max(peak, 1)
+            keep = "a slice, `.cpu()`, a number" if on_gpu(it) else "a slice, a number"  # .cpu() on a CPU run: no saving
             out.append(Finding(
                 kind=self.kind,
                 severity=Severity.WARNING if it.phase == "train" else Severity.INFO,
@@ -52,7 +54,7 @@ class LingeringTensorDetector(BaseDetector):
                 ),
                 advice=(
                     f"`del {expr}` once it is used, or keep only what you need of it "
-                    f"(a slice, `.cpu()`, a number) so the peak drops by about {fmt_bytes(total)}"
+                    f"({keep}) so the peak drops by about {fmt_bytes(total)}"
                 ),
                 file=file, line=line if line is not None else c.line, variable=path, bytes=total, step=it.index,
                 extra={"share_of_peak": round(share, 4)},

@@ -22,6 +22,7 @@ class MissingNoGradDetector(BaseDetector):
         # The most a module's forward saved: a dropped call may have been recorded between sampled
         # steps, where its own figure is the last sampled one's.
         self.max_saved: dict[str, int] = defaultdict(int)
+        self.findings: dict[tuple[str, int], Finding] = {}
 
     def _note_saved(self, rec: ForwardRecord) -> None:
         self.max_saved[rec.module] = max(self.max_saved[rec.module], rec.saved_bytes)
@@ -47,15 +48,27 @@ class MissingNoGradDetector(BaseDetector):
         if len(recs) < 2:
             return []
         file, line = rec.site
-        saved = max(self.max_saved[rec.module], max(r.saved_bytes for r in recs))
         kept = " (kept alive until the end of the run)" if at_end else ""
-        return [Finding(
-            kind=self.kind, severity=Severity.WARNING,
-            message=(
-                f"{len(recs)} calls of {rec.module} recorded autograd history that no backward used{kept}: "
-                f"{fmt_bytes(saved)} of activations saved per call for nothing"
-            ),
-            advice="wrap this evaluation/inference in `with torch.no_grad():` (or `torch.inference_mode()`)",
-            file=file, line=statement_start(file, line), variable=rec.module, bytes=saved, step=step,
-            extra={"module": rec.module, "calls": len(recs)},
-        )]
+        measured = [r for r in recs if r.no_grad_saving is not None]
+        if measured:
+            # The peak with autograd on minus the peak with it off, for one call (with the graphs of
+            # this line that were alive at once), never a sum over the run.
+            best = max(measured, key=lambda r: (r.no_grad_saving or 0, r.alive))
+            saved = best.no_grad_saving or 0
+            at_once = f" ({best.alive} of its graphs alive at once)" if best.alive > 1 else ""
+            figure = f"`torch.no_grad()` would lower the peak of these calls by {fmt_bytes(saved)}{at_once}"
+        else:  # not measured (the replay failed): what the forward saved, parameters and inputs included
+            saved = max(self.max_saved[rec.module], max(r.saved_bytes for r in recs))
+            figure = f"up to {fmt_bytes(saved)} of tensors saved per call for nothing"
+        finding = self.findings.get(rec.site)
+        if finding is None:
+            finding = self.findings[rec.site] = Finding(
+                kind=self.kind, severity=Severity.WARNING, message="",
+                advice="wrap this evaluation/inference in `with torch.no_grad():` (or `torch.inference_mode()`)",
+                file=file, line=statement_start(file, line), variable=rec.module, step=step,
+            )
+        # One finding per line, updated in place: a measured figure replaces a larger estimate.
+        finding.message = f"{len(recs)} calls of {rec.module} recorded autograd history that no backward used{kept}: {figure}"
+        finding.bytes = saved
+        finding.extra = {"module": rec.module, "calls": len(recs), "measured": bool(measured)}
+        return [finding]

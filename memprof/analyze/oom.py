@@ -37,7 +37,7 @@ def _user_line(exc: BaseException | None) -> tuple[str | None, int | None]:
     while tb is not None:
         fn = tb.tb_frame.f_code.co_filename
         if is_user_file(fn):
-            file, line = os.path.abspath(fn), tb.tb_lineno
+            file, line = (fn if fn.startswith("<") else os.path.abspath(fn)), tb.tb_lineno
         tb = tb.tb_next
     return file, line
 

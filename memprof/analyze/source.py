@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import linecache
 import os
 import re
 from collections.abc import Sequence
@@ -77,8 +78,19 @@ def parse(filename: str) -> ast.Module | None:
     try:
         st = os.stat(filename)
     except OSError:
-        return None
+        return _parse_cached(filename)
     return _parse_version(filename, st.st_size, st.st_mtime_ns)
+
+
+def _parse_cached(filename: str) -> ast.Module | None:
+    """Code with no file (an IPython cell, ``<ipython-input-3-...>``): its source is in linecache."""
+    lines = linecache.getlines(filename)
+    if not lines:
+        return None
+    try:
+        return ast.parse("".join(lines), filename)
+    except (SyntaxError, ValueError):
+        return None
 
 
 @functools.lru_cache(maxsize=64)

@@ -70,9 +70,9 @@ def run_distributed(ns: argparse.Namespace, target: Target, script_args: list[st
                "-m", "memprof", "run", "-q", "--rank-dir", rank_dir, "--detail", ns.detail,
                "--detail-steps", str(ns.detail_steps)]
         if ns.budget:
-            cmd += ["--budget", str(ns.budget)]
+            cmd += ["--budget", f"{ns.budget}B"]  # bytes, with their unit
         if ns.memory_limit:
-            cmd += ["--memory-limit", str(ns.memory_limit)]
+            cmd += ["--memory-limit", f"{ns.memory_limit}B"]
         cmd += ["-m", target.module] if target.module else [target.path or ""]
         cmd += script_args
         try:

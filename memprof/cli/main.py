@@ -26,6 +26,17 @@ class _Parser(argparse.ArgumentParser):
         raise MemprofError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
+def split_usage(doc: str) -> tuple[str | None, str]:
+    """A command's docstring -> (its ``usage:`` paragraph without the prefix, the rest). argparse
+    prints the usage line itself, so the description must not carry it a second time."""
+    paragraphs = doc.split("\n\n")
+    for i, para in enumerate(paragraphs):
+        if para.startswith("usage: "):
+            rest = "\n\n".join(paragraphs[:i] + paragraphs[i + 1:])
+            return para[len("usage: "):], rest
+    return None, doc
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[AnyCommand, argparse.ArgumentParser]]]:
     """The ``memprof`` parser, and each command with its own sub-parser."""
     from memprof import __version__
@@ -39,10 +50,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[AnyCommand,
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     registry: dict[str, tuple[AnyCommand, argparse.ArgumentParser]] = {}
     for cmd in _commands():
-        doc = inspect.cleandoc(type(cmd).__doc__ or "")
+        usage, doc = split_usage(inspect.cleandoc(type(cmd).__doc__ or ""))
         summary = doc.splitlines()[0] if doc else ""
         p = sub.add_parser(
-            cmd.name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+            cmd.name, help=summary, description=doc, usage=usage,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         cmd.prepare_parser(p)
         registry[cmd.name] = (cmd, p)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import ClassVar
 
-from memprof.cli.base import add_output_options, output_flags
+from memprof.cli.base import add_output_options, output_flags, output_paths
 from memprof.cli.distributed import run_distributed
 from memprof.errors import MemprofError
 from memprof.runner import Target, check_target
@@ -44,6 +45,36 @@ def split_argv(argv: list[str]) -> tuple[list[str], str | None, str | None, list
     return argv[:i], argv[i], None, argv[i + 1:]
 
 
+def size_option(flag: str) -> Callable[[str], int]:
+    """The ``type`` of a size option: :func:`parse_size`, its errors naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            return parse_size(text)
+        except MemprofError as e:
+            raise MemprofError(f"run: {flag}: {e.message}") from None
+
+    return parse
+
+
+def join_values(options: list[str]) -> list[str]:
+    """``--budget -5GiB`` -> ``--budget=-5GiB``: argparse takes a value that starts with '-' for an
+    option (and says "expected one argument"); joined, the value reaches its parser, which can say
+    what is wrong with it."""
+    value_options = _VALUE_OPTIONS | output_flags()
+    out: list[str] = []
+    i = 0
+    while i < len(options):
+        tok = options[i]
+        if tok in value_options and i + 1 < len(options):
+            out.append(f"{tok}={options[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 class RunCommand:
     """Run a Python script (or -m module) under memprof, exactly as python would.
 
@@ -66,12 +97,12 @@ class RunCommand:
     name: ClassVar[str] = "run"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.usage = "memprof run [OPTIONS] SCRIPT [ARGS...] | memprof run [OPTIONS] -m MODULE [ARGS...]"
+        parser.allow_abbrev = False  # split_argv must know each option that takes a value: no --bud
         add_output_options(parser)
-        parser.add_argument("--budget", metavar="SIZE", type=parse_size,
-                            help="the memory to plan for, e.g. 8GiB, 512MiB, 1.5GB "
+        parser.add_argument("--budget", metavar="SIZE", type=size_option("--budget"),
+                            help="the memory to plan for, with its unit: 8GiB, 512MiB, 1.5GB "
                                  "(default: the CUDA device's usable memory; none on CPU)")
-        parser.add_argument("--memory-limit", metavar="SIZE", type=parse_size,
+        parser.add_argument("--memory-limit", metavar="SIZE", type=size_option("--memory-limit"),
                             help="run as if the device had only SIZE: allocations past it raise "
                                  "torch.OutOfMemoryError, so an out-of-memory can be rehearsed anywhere")
         parser.add_argument("--tui", action="store_true", help="watch the run live in a terminal UI")
@@ -90,7 +121,10 @@ class RunCommand:
 
     def run_from_argv(self, argv: list[str], parser: argparse.ArgumentParser) -> int:
         options, script, module, script_args = split_argv(argv)
-        ns = parser.parse_args(options)
+        ns = parser.parse_args(join_values(options))
+        for name, path in output_paths(ns).items():  # the folder memprof started in, whatever the
+            if path:  # script's os.chdir; the same path is named on stderr
+                setattr(ns, name, os.path.abspath(path))
         if ns.module:  # '-m' inside the options block (e.g. after other options)
             module = ns.module
         if script is None and module is None:

@@ -134,7 +134,7 @@ def _observe(link: Link, value: Any, walker: GraphWalker, step: int = 0,
         line=scope.line if scope.line is not None else scope.first_line, is_container=is_container,
         expr=link.expr, running=scope.line is not None, owners=link.owners, attr=link.attr,
         owner_file=link.owners[0][0] if link.owners else None,
-        bounded=isinstance(value, CONTAINERS[-1]) and value.maxlen is not None,
+        bounded=_bounded(value),
         container=_container_kind(value) if is_container else None,
     )
     newest: torch.Tensor | None = None
@@ -168,6 +168,28 @@ def _observe(link: Link, value: Any, walker: GraphWalker, step: int = 0,
     if newest is not None:
         _describe_newest(obs, newest, site_of)
     return obs
+
+
+def _bounded(value: Any) -> bool:
+    """A ``deque(maxlen=...)``, or a container whose tensors are all in such deques (a dict of
+    histories ``{"loss": deque(maxlen=100)}``): it cannot grow past its bounds."""
+    deque = CONTAINERS[-1]
+    if isinstance(value, deque):
+        return value.maxlen is not None
+    if not isinstance(value, (dict, list, tuple)):
+        return False
+    found = False
+    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    for seen, item in enumerate(items):
+        if seen >= MAX_ITEMS:
+            return False
+        if isinstance(item, deque):
+            if item.maxlen is None:
+                return False
+            found = True
+        elif kind_of(type(item)) in (TENSOR, CONTAINER):
+            return False
+    return found
 
 
 def _container_kind(value: Any) -> str | None:

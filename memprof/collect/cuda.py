@@ -190,8 +190,8 @@ class CudaCollector:
 
     def on_step(self) -> CudaCounters | None:
         c = self.counters()
-        if c is not None:
-            self.steps.append(c)
+        if c is not None:  # the last only: a run's length must not grow memprof's memory
+            self.steps[:] = [c]
         return c
 
     def snapshot(self) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ _SKIP_MODULES = (
     "memprof.", "torch._", "torch.utils.hooks", "threading", "logging", "weakref", "_thread", "_io", "_weakref",
     "_abc", "_pytest", "pluggy", "asyncio", "concurrent.", "multiprocessing", "socket", "ssl", "ctypes",
     "importlib", "inspect", "ast", "typing", "tokenize", "pdb", "bdb", "argparse", "tqdm",
+    "IPython.", "ipykernel.", "traitlets.",  # the shell: its user namespace is the cell's own globals
 )
 _kinds: dict[type, int] = {}
 _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
@@ -231,6 +232,9 @@ class Walk:
         for frame in frames:
             if frame.f_code.co_name == "<module>":
                 module_globals.add(id(frame.f_globals))
+                # Its variables are named as such: the namespace itself (IPython's user_ns, which
+                # the shell reaches from get_ipython) is no container holding them.
+                self.seen.add(id(frame.f_globals))
         for frame in frames:
             scope = Scope.of(frame)
             for name, value in frame_locals(frame):

@@ -163,28 +163,48 @@ class StorageTracker(TorchDispatchMode):
             except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers
                 return out
             if st._cdata not in self.refs:  # views and in-place ops end here
-                self._new(st, out)
+                self._new(st, out, args)
         elif t is tuple or t is list:
             for o in out:
                 if isinstance(o, _Tensor):
-                    self._track(o)
+                    self._track(o, args)
         elif isinstance(out, _Tensor):
-            self._track(out)
+            self._track(out, args)
         return out
 
-    def _track(self, t: torch.Tensor) -> None:
+    def _track(self, t: torch.Tensor, args: Any = ()) -> None:
         try:
             st = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers
             return
         if st._cdata not in self.refs:
-            self._new(st, t)
+            self._new(st, t, args)
 
-    def _new(self, st: Any, t: torch.Tensor) -> None:
+    def _new(self, st: Any, t: torch.Tensor, args: Any = ()) -> None:
         n = st.nbytes()
         if n == 0 or t.is_meta:
             return
-        self.add(st, t.shape, t.dtype, n, self.step)
+        ref = self.add(st, t.shape, t.dtype, n, self.step)
+        # Made from a storage that scales, it scales (an LSTM's workspace: flat bytes), unless it has a
+        # parameter's number of elements in any shape (a bias's gradient reduced as (1, n))
+        if (not ref.scaled and args and ref.step != PRE_LOOP and self._batch_size and ref.shape
+                and math.prod(ref.shape) not in self.fixed_numels and self._derived(args)):
+            ref.scaled = True
+            self.scaled_live += n
+
+    def _derived(self, args: Any) -> bool:
+        """Whether an op's inputs (tensors, lists of them) hold a storage that scales with the batch."""
+        refs = self.refs
+        for a in args:
+            for x in (a,) if isinstance(a, _Tensor) else a if type(a) is list or type(a) is tuple else ():
+                if isinstance(x, _Tensor):
+                    try:
+                        r = refs.get(x.untyped_storage()._cdata)
+                    except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers
+                        continue
+                    if r is not None and r.scaled:
+                        return True
+        return False
 
     def add(self, st: Any, shape: tuple[int, ...], dtype: torch.dtype, n: int, step: int,
             category: int = OTHER) -> StorageRef:

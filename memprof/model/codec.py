@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from memprof.model.findings import Finding, Recommendation
 
 if TYPE_CHECKING:
-    from memprof.model.report import AdvisorModel, Report, TensorRecord
+    from memprof.model.report import AdvisorModel, Report, StepRecord, TensorRecord
 
 
 def plain(value: Any) -> Any:
@@ -38,6 +38,14 @@ def plain(value: Any) -> Any:
 
 def section_dict(section: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in section.items()}
+
+
+def step_dict(s: StepRecord) -> dict[str, Any]:
+    """One step: the contract's fields, and its end by category where a detailed step measured it."""
+    d = asdict(s)
+    if d.get("breakdown") is None:
+        d.pop("breakdown", None)
+    return d
 
 
 def _tensor_dict(t: TensorRecord) -> dict[str, Any]:
@@ -114,7 +122,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "status": report.status.value,
         "device": asdict(report.device),
         "peak_bytes": int(report.peak_bytes),
-        "steps": [asdict(s) for s in report.steps],
+        "steps": [step_dict(s) for s in report.steps],
         "breakdown_at_peak": report.breakdown_at_peak.as_dict(),
         "modules": [asdict(m) for m in report.modules],
         "findings": [finding_dict(f) for f in report.findings],
@@ -128,7 +136,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
     }
     if report.ranks is not None:
         d["ranks"] = [
-            {"rank": r.rank, "peak_bytes": r.peak_bytes, "steps": [asdict(s) for s in r.steps]} for r in report.ranks
+            {"rank": r.rank, "peak_bytes": r.peak_bytes, "steps": [step_dict(s) for s in r.steps]} for r in report.ranks
         ]
     if report.cuda is not None:
         d["cuda"] = section_dict(report.cuda)
@@ -139,6 +147,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         d["oom"] = oom
     if report.advisor is not None:
         d["advisor"] = advisor_dict(report.advisor)
+    if report.steps_kept is not None:
+        d["steps_kept"] = section_dict(report.steps_kept)
     return d
 
 

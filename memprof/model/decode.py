@@ -21,6 +21,7 @@ from memprof.model.report import (
     Report,
     Status,
     StepRecord,
+    StepsKept,
     TensorRecord,
 )
 
@@ -91,7 +92,7 @@ def report_from_dict(d: dict[str, Any]) -> Report:
             RankReport(rank=r["rank"], peak_bytes=r["peak_bytes"], steps=[_build(StepRecord, s) for s in r.get("steps", [])])
             for r in d["ranks"]
         ]
-    cuda, oom, advisor = d.get("cuda"), d.get("oom"), d.get("advisor")
+    cuda, oom, advisor, kept = d.get("cuda"), d.get("oom"), d.get("advisor"), d.get("steps_kept")
     return Report(
         schema=d["schema"],
         script=d.get("script", ""),
@@ -114,4 +115,5 @@ def report_from_dict(d: dict[str, Any]) -> Report:
         largest_tensors=[tensor_from_dict(t) for t in d.get("largest_tensors", []) if isinstance(t, dict)],
         warnings=list(d.get("warnings", [])),
         advisor=advisor_from_dict(advisor) if isinstance(advisor, dict) else None,
+        steps_kept=StepsKept.from_dict(kept) if isinstance(kept, dict) and isinstance(kept.get("total"), int) else None,
     )

@@ -13,7 +13,16 @@ def steps_frame(report: Report) -> Any:
     import pandas as pd
 
     cols = ["index", "peak_bytes", "end_bytes", "batch_size", "seconds", "phase", "detailed"]
-    return pd.DataFrame([asdict(s) for s in report.steps], columns=cols)
+    # A detailed step's end by category, as columns (empty for watched steps).
+    categories = ["parameters", "gradients", "optimizer_state", "activations", "other"]
+    rows = []
+    for s in report.steps:
+        row = asdict(s)
+        breakdown = row.pop("breakdown", None) or {}
+        row.update({f"end_{c}_bytes": breakdown.get(c) for c in categories})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=cols + [f"end_{c}_bytes" for c in categories])
+    return frame.astype({f"end_{c}_bytes": "Int64" for c in categories})  # integers, <NA> where not measured
 
 
 def modules_frame(report: Report) -> Any:

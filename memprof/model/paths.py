@@ -31,6 +31,7 @@ _COMPILED = re.compile(r"\.(cpp|cc|cxx|c|h|hpp|cu|cuh|so)$")
 # user's own folder that is merely called "memprof" is neither.
 _PACKAGE_SEGMENT = re.compile(r"^(.*?[\\/](?:torch|memprof|_pytest|pluggy))[\\/]")
 _cache: dict[str, bool] = {}
+NOTEBOOK_CELL = "<ipython-input-"
 
 
 def is_library_file(filename: str) -> bool:
@@ -47,6 +48,8 @@ def is_user_file(filename: str) -> bool:
 
 
 def _judge(filename: str) -> bool:
+    if filename.startswith(NOTEBOOK_CELL):
+        return True  # IPython's cells: the user's code, with its source in linecache
     if not filename or filename.startswith("<") or filename == "??" or _COMPILED.search(filename):
         return False
     real = os.path.realpath(filename)

@@ -74,6 +74,7 @@ class StepRecord:
     seconds: float = 0.0
     phase: str = "train"  # "train" (ends at an optimizer step) or "eval" (root module calls only)
     detailed: bool = True  # False: watched cheaply, figures from counters
+    breakdown: dict[str, int] | None = None  # a detailed step's: its end_bytes by category
 
 
 @dataclass
@@ -186,6 +187,26 @@ class CudaStats(_Section):
 
 
 @dataclass
+class StepsKept(_Section):
+    """How the run's steps were kept in ``steps`` (see :mod:`memprof.model.history`): all of them
+    in a short run; in a long one every step of the first ``head`` and the last ``tail``, the
+    detailed steps and the peak's, and between them, for each bucket of ``bucket_steps``
+    consecutive steps, those with the lowest and the highest peak and end (``bucketed`` steps
+    went through buckets). ``total`` counts every step, kept or not."""
+
+    total: int = 0
+    train: int | None = None
+    eval: int | None = None
+    detailed: int | None = None
+    kept: int | None = None
+    head: int | None = None
+    tail: int | None = None
+    bucket_steps: int | None = None
+    bucketed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Budget:
     """The memory the advice plans for, and how a default was made."""
 
@@ -260,10 +281,23 @@ class Report:
     largest_tensors: list[TensorRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # memprof's own problems, never the script's
     advisor: AdvisorModel | None = None  # the model behind the predictions (see memprof.advise)
+    steps_kept: StepsKept | None = None  # how a long run's steps were downsampled (None: all kept)
 
     @property
     def diagnoses(self) -> list[Finding]:
         return [f for f in self.findings if f.severity.is_diagnosis]
+
+    @property
+    def step_count(self) -> int:
+        """How many steps the run had, kept in ``steps`` or not."""
+        return self.steps_kept.total if self.steps_kept is not None else len(self.steps)
+
+    @property
+    def eval_step_count(self) -> int:
+        kept = self.steps_kept
+        if kept is not None and kept.eval is not None:
+            return kept.eval
+        return sum(1 for s in self.steps if s.phase == "eval")
 
     @property
     def budget_bytes(self) -> int | None:

@@ -58,6 +58,8 @@ class ForwardRecord:
     dead: bool = False
     dead_step: int | None = None
     node_key: int = 0
+    alive: int = 1  # this line's graphs alive without a backward at this call's end, this one's included
+    no_grad_saving: int | None = None  # measured: the peak's fall under no_grad with ``alive`` such graphs
 
 
 @dataclass
@@ -96,6 +98,7 @@ class IterationRecord:
     frontier: Sequence[tuple[int, int]] = ()
     cuda_allocated_peak: int | None = None
     cuda_reserved: int | None = None
+    end_categories: tuple[int, ...] | None = None  # a detailed step's live bytes by category at its end
 
 
 @dataclass

@@ -7,8 +7,8 @@ The terminal summary is :data:`SUMMARY`, beside the registry rather than in it: 
 (stderr for a run, stdout for ``memprof report``) with colour and encoding chosen for that stream,
 not to a PATH, and the CLI shows it unasked (``memprof run -q`` silences it).
 
-Known limitations: every file reporter takes one PATH; a format that needs more settings (a
-TensorBoard run name) must derive them from the report or the path.
+Known limitations: every file reporter takes one PATH (a folder for TensorBoard and CSV); a format
+that needs more settings (a TensorBoard run name) must derive them from the report or the path.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from typing import ClassVar, Protocol, TextIO
 from memprof.errors import MemprofError
 from memprof.model.codec import save_report
 from memprof.model.report import Report
+from memprof.report.csv_files import write_csv
 from memprof.report.html import write_html
 from memprof.report.summary import render_summary
+from memprof.report.tensorboard import write_tensorboard
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,32 @@ class HtmlReporter:
         write_html(report, path)
 
 
-REPORTERS: list[Reporter] = [JsonReporter(), HtmlReporter()]
+class TensorBoardReporter:
+    """TensorBoard event files: per-step scalars, findings as text (:mod:`memprof.report.tensorboard`)."""
+
+    name: ClassVar[str] = "tensorboard"
+    label: ClassVar[str] = "TensorBoard log"
+    option: ClassVar[Option] = Option("--tensorboard", "write per-step memory scalars and the findings as "
+                                      "TensorBoard event files into DIR (needs tensorboard)", "DIR")
+    best_effort: ClassVar[bool] = True
+
+    def write(self, report: Report, path: str) -> None:
+        write_tensorboard(report, path)
+
+
+class CsvReporter:
+    """CSV files of the steps, modules and findings (:mod:`memprof.report.csv_files`)."""
+
+    name: ClassVar[str] = "csv"
+    label: ClassVar[str] = "CSV files"
+    option: ClassVar[Option] = Option("--csv", "write steps.csv, modules.csv and findings.csv into DIR", "DIR")
+    best_effort: ClassVar[bool] = True
+
+    def write(self, report: Report, path: str) -> None:
+        write_csv(report, path)
+
+
+REPORTERS: list[Reporter] = [JsonReporter(), HtmlReporter(), TensorBoardReporter(), CsvReporter()]
 
 
 class TerminalSummary:

@@ -107,10 +107,10 @@ def _header(report: Report, st: _Style, g: _Glyphs, cwd: str | None) -> list[str
     status = status_text(report)
     ok = report.status is Status.OK and report.exit_code in (None, 0)
     duration = fmt_seconds(report.duration_seconds) if report.duration_seconds else ""
-    n_steps = len(report.steps)
-    steps = f"{n_steps} step{'s' if n_steps != 1 else ''}" if n_steps else ""
-    n_eval = sum(1 for s in report.steps if s.phase == "eval")
-    split = f" ({len(report.steps) - n_eval} train, {n_eval} eval)" if steps and n_eval else ""
+    n_steps = report.step_count  # a long run's steps are downsampled: its count is every step's
+    steps = f"{n_steps:,} step{'s' if n_steps != 1 else ''}" if n_steps else ""
+    n_eval = report.eval_step_count
+    split = f" ({n_steps - n_eval:,} train, {n_eval:,} eval)" if steps and n_eval else ""
     device, short_device = device_text(report), report.device.name or report.device.type
 
     def line(dev: str, split: str) -> tuple[str, str]:
@@ -153,9 +153,12 @@ def _peak(report: Report, st: _Style, g: _Glyphs) -> list[str]:
         lines.append(f"reserved  {fmt_bytes(reserved[1])}{at_peak} by the CUDA caching allocator")
     if len(report.steps) >= 2:
         first, last = report.steps[0], report.steps[-1]
+        # A step's end is at most its peak (what is alive at its end was alive in it): a report
+        # that says more (an older memprof's) measured it at another moment.
+        start, stop = min(first.end_bytes, first.peak_bytes), min(last.end_bytes, last.peak_bytes)
         lines.append(
-            f"step end  {fmt_bytes(first.end_bytes)} at step {first.index} {g.arrow} "
-            f"{fmt_bytes(last.end_bytes)} at step {last.index} ({fmt_bytes(last.end_bytes - first.end_bytes, signed=True)})"
+            f"step end  {fmt_bytes(start)} at step {first.index} {g.arrow} "
+            f"{fmt_bytes(stop)} at step {last.index} ({fmt_bytes(stop - start, signed=True)})"
         )
     if report.ranks:
         ranks = sorted(report.ranks, key=lambda r: r.peak_bytes)
@@ -185,6 +188,12 @@ def _breakdown(report: Report, st: _Style, g: _Glyphs) -> list[str]:
     return lines
 
 
+# What the module table shows: not the breakdown at the peak (its activations are what is alive
+# then), but each module's largest step, with the weights and inputs its layers save for backward.
+MODULES_SHOW = "activations saved for backward in one step, largest over the run"
+MODULES_NOTE = "what its forward saved, the weights and inputs it saves included: not the peak's breakdown"
+
+
 def _modules(report: Report, st: _Style, g: _Glyphs, max_modules: int) -> list[str]:
     if not report.modules or max_modules <= 0:
         return []
@@ -192,8 +201,8 @@ def _modules(report: Report, st: _Style, g: _Glyphs, max_modules: int) -> list[s
     name_w = min(36, max(len("module"), *(len(m.name) for m in mods)))
     type_w = min(20, max(len("type"), *(len(m.type) for m in mods)))
     head = f"  {'module':<{name_w}}  {'type':<{type_w}}  {'params':>10}  {'activations':>11}  {'grads':>10}"
-    title = f"top modules by activations ({len(mods)} of {len(report.modules)})"
-    lines = [st.bold(title), st.dim(head)]
+    title = f"top modules by {MODULES_SHOW} ({len(mods)} of {len(report.modules)})"
+    lines = [st.bold(title), st.dim(f"  ({MODULES_NOTE})"), st.dim(head)]
     for m in mods:
         lines.append(
             f"  {_trim(m.name or '<root>', name_w, g.ellipsis):<{name_w}}  {_trim(m.type, type_w, g.ellipsis):<{type_w}}  "

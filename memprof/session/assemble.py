@@ -20,9 +20,11 @@ from memprof.model.report import (
     Report,
     Status,
     StepRecord,
+    StepsKept,
     TensorRecord,
 )
 from memprof.model.run import OomCapture, RunData
+from memprof.session.quiet import kept_quiet
 
 if TYPE_CHECKING:
     from memprof.session.core import Session
@@ -41,14 +43,21 @@ class Replays:
         s = self.session
         self.made = True
         stopped, s.stopped = s.stopped, True  # the session's hooks stand still meanwhile
+        logged: list[str] = []
         try:
-            self.replays = make_replays(
-                list(s.modules.last_inputs.values()), s.optimizers.live(), s.modules.records(),
-                sources=[s.config.script])
+            with kept_quiet() as logged:  # torch's fake-tensor tracebacks: the report's, not stderr's
+                self.replays = make_replays(
+                    list(s.modules.last_inputs.values()), s.optimizers.live(), s.modules.records(),
+                    sources=[s.config.script])
         except Exception as e:
-            s.warn(f"the advisor's replay failed: {e!r}")
+            s.warn(f"the advisor's replay failed: {e!r}"[:300])
         finally:
             s.stopped = stopped
+        for error in self.replays.errors if self.replays is not None else []:
+            if "replay" in error:  # a replay that raised (not "no model call was recorded")
+                s.warn(f"the advisor's {error}")
+        for line in logged:
+            s.warn(f"during the advisor's replay: {line}")
 
     def make_once(self) -> None:
         if self.session.config.advise and not self.made:
@@ -108,6 +117,14 @@ def _oom_report(oom: OomCapture) -> tuple[OomReport, list[TensorRecord]]:
     return post, largest
 
 
+def _end_breakdown(categories: tuple[int, ...] | None, end: int) -> dict[str, int] | None:
+    """A detailed step's end by category; what the categories miss of its end (a clamped end, memory
+    the tracker did not see) is left out rather than guessed."""
+    if categories is None or sum(categories) != end:
+        return None
+    return {c.value: int(n) for c, n in zip(CATEGORIES, categories, strict=True)}
+
+
 def build_report(session: Session, status: Status, exc: BaseException | None, exit_code: int | None) -> Report:
     s = session
     data = run_data(s)
@@ -119,9 +136,10 @@ def build_report(session: Session, status: Status, exc: BaseException | None, ex
         breakdown.other += data.peak_bytes - breakdown.total
         breakdown.other = max(breakdown.other, 0)
     steps = [
-        StepRecord(index=i, peak_bytes=it.peak_bytes, end_bytes=it.end_bytes, batch_size=it.batch_size,
-                   seconds=round(it.seconds, 6), phase=it.phase, detailed=it.detailed)
-        for i, it in enumerate(data.iterations)
+        StepRecord(index=it.index, peak_bytes=it.peak_bytes, end_bytes=min(it.end_bytes, it.peak_bytes),
+                   batch_size=it.batch_size, seconds=round(it.seconds, 6), phase=it.phase, detailed=it.detailed,
+                   breakdown=_end_breakdown(it.end_categories, min(it.end_bytes, it.peak_bytes)))
+        for it in data.iterations
     ]
     report = Report(
         script=s.config.script, argv=list(s.config.argv), status=status, device=device,
@@ -135,12 +153,25 @@ def build_report(session: Session, status: Status, exc: BaseException | None, ex
         report.cuda.history_recorded = s.cuda.history
     for e in s.cuda.errors:
         s.warn(e)
+    with kept_quiet() as logged:  # memprof's own work: what it logs goes to the report
+        _diagnose(s, report, data, status, exc)
+    for line in logged:
+        s.warn(f"while the report was made: {line}")
+    if data.oom is not None:
+        report.oom, report.largest_tensors = _oom_report(data.oom)
+    history = s.steps.history
+    if history.count > len(steps):  # a long run: its steps were downsampled
+        report.steps_kept = StepsKept.from_dict(dict(history.summary()))
+    report.warnings = list(s.warnings)
+    return report
+
+
+def _diagnose(s: Session, report: Report, data: RunData, status: Status, exc: BaseException | None) -> None:
+    """The doctor's findings and the advisor's recommendations, each failure a warning."""
     try:
         report.findings = s.doctor.finish(data, status=status, exc=exc)
     except Exception as e:
         s.warn(f"the doctor failed: {e!r}", tb=True)
-    if data.oom is not None:
-        report.oom, report.largest_tensors = _oom_report(data.oom)
     if s.config.advise:
         try:
             advice = advise(data)
@@ -148,8 +179,6 @@ def build_report(session: Session, status: Status, exc: BaseException | None, ex
             report.advisor = advice.model
         except Exception as e:
             s.warn(f"the advisor failed: {e!r}", tb=True)
-    report.warnings = list(s.warnings)
-    return report
 
 
 def module_records(session: Session) -> list[ModuleRecord]:

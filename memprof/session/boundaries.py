@@ -252,9 +252,11 @@ class Boundaries:
         if s.stopped:
             return
         self._in_backward = True
-        if not self.in_loop:  # a backward before any model call: tensors trained without a module
-            self.in_loop = True
+        if not self.in_loop:  # the first backward before the loop's first boundary call
+            self.in_loop = True  # (tensors trained without a module, or a model called in a closure)
+            batch = s.steps.batch
             s.steps.begin(0)
+            s.steps.batch = batch
         elif not self._stepping and self._snapshot is not None and self._updated():
             self._cut("train", sys._getframe(1))
         self._backward_calls += 1
@@ -340,9 +342,13 @@ class Boundaries:
         try:
             self.root_calls += 1
             if self._stepping or self._in_backward:
-                # Inside an optimizer's step (LBFGS's closure) or a backward (a checkpoint's
-                # recomputation): part of that step, never a boundary.
-                return self._follow(module, args, kwargs) if s.detail else None
+                # Inside an optimizer's step (LBFGS's closure, Lightning's training step) or a
+                # backward (a checkpoint's recomputation): part of that step, never a boundary.
+                if s.detail:
+                    return self._follow(module, args, kwargs)
+                if s.steps.batch is None and not self._in_backward:
+                    s.steps.batch = batch_size_of(args, kwargs)
+                return None
             frame = sys._getframe(1)
             site = call_site(user_frame(frame))
             grad = torch.is_grad_enabled()
@@ -452,11 +458,14 @@ class Boundaries:
             return
         # A run that died in a training step (an out-of-memory in its forward or backward) was
         # training; a prediction with autograd off after the last step is an inference call.
+        # (An out-of-memory before the first step(): the optimizers holding the model's parameters,
+        # found then, say it was training.)
         training = self._backward_calls > 0 or (self._grad_calls > 0 and steps.phase == "train" and (
-            self.primary_optimizer is not None or self.backwards > 0))
+            self.primary_optimizer is not None or self.backwards > 0
+            or (s.oom.capture is not None and bool(s.optimizers.live()))))
         steps.record("train" if training else "eval", None)
-        if steps.iterations and steps.iterations[-1].detailed and not (
-                self._backward_ends and self.primary_optimizer is None):
+        last = steps.last
+        if last is not None and last.detailed and not (self._backward_ends and self.primary_optimizer is None):
             # An evaluation's last iteration (or a first step that died) ends with the script; its
             # end is the last model call's, not the empty memory after the script returned.
-            steps.iterations[-1].end_bytes = s.live_after_call
+            steps.set_last_end(s.live_after_call)

@@ -40,12 +40,14 @@ from memprof.collect.native import NativeTracker
 from memprof.collect.sites import main_thread_frame
 from memprof.collect.storage import StorageTracker
 from memprof.model.categories import PARAMETERS, PRE_LOOP
+from memprof.model.progress import Progress
 from memprof.model.report import Report, Status
 from memprof.model.run import ForwardRecord
 from memprof.session.assemble import Replays, build_report
 from memprof.session.boundaries import Boundaries
 from memprof.session.config import LINGER_MIN_SHARE, SessionConfig
 from memprof.session.lingering import Lingering
+from memprof.session.no_grad import NoGradProbe
 from memprof.session.oom import OomWatch
 from memprof.session.optimizers import Optimizers
 from memprof.session.publish import Publisher
@@ -75,6 +77,7 @@ class Session:
         self.lingering = Lingering(self)
         self.oom = OomWatch(self)
         self.replays = Replays(self)
+        self.no_grad = NoGradProbe(self)
         self.publisher = Publisher(self)
         self.warnings: list[str] = []
         self.report: Report | None = None
@@ -91,6 +94,14 @@ class Session:
     @property
     def iterations(self) -> list[Any]:
         return self.steps.iterations
+
+    def progress(self) -> Progress:
+        """How the run stands now: its steps, its peak so far and the findings so far (cheap: no
+        analysis runs; the report at the end has the rest)."""
+        with self.lock:
+            peak = max(int(self.tracker.peak), int(self.steps.run_peak_cuda or 0))
+            return Progress(steps=self.steps.count, peak_bytes=peak, budget_bytes=self.config.budget_bytes,
+                            findings=list(self.doctor.findings))
 
     # -- lifetime ------------------------------------------------------------------------------
     def start(self) -> Session:
@@ -163,6 +174,7 @@ class Session:
         self.stopped = True
         try:
             self.boundaries.finish()
+            self.steps.finish()  # the run's peak takes in what watching did not count
             # Forward passes still pending at the end without backward: their graphs are dropped now.
             self.doctor.finish_forwards([r for r in self.forwards.pending() if not r.backpropagated],
                                         self.steps.index)
@@ -207,7 +219,7 @@ class Session:
             return
         try:
             if on:
-                if self.steps.iterations:  # back from watch mode: count what was made meanwhile
+                if self.steps.count:  # back from watch mode: count what was made meanwhile
                     self._catch_up()
                 self.tracker.start()
                 self.modules.enable_detail()
@@ -289,19 +301,23 @@ class Session:
             if self.detail:
                 key = id(call.module)
                 if self.modules.packing:
-                    record.saved_bytes = self._root_saved[key] = self.tracker.saved_bytes_of(key)
+                    saved = self.no_grad.per_call(key, steps.index, self.tracker.saved_bytes_of(key))
+                    record.saved_bytes = self._root_saved[key] = saved
                 else:  # between sampled steps: what this model's forward saved on the last sampled one
                     record.saved_bytes = self._root_saved.get(key, 0)
             if self.forwards.watch(output, record):
+                self.no_grad.on_watched(call, record)
                 self.boundaries.on_graph_watched(call, record)
             self.live_after_call = self.tracker.live
         except Exception as e:
             self.warn(f"internal error after a model call: {e!r}", tb=True)
 
     def _on_forward_backward(self, record: ForwardRecord) -> None:
+        self.no_grad.on_backward(record)
         self.boundaries.on_graph_backward(record)
 
     def _on_forward_dead(self, record: ForwardRecord) -> None:
+        self.no_grad.on_dead(record)
         self.boundaries.on_graph_dead(record)
         if not record.backpropagated and not self.stopped:
             with self.lock:

@@ -15,6 +15,19 @@ if TYPE_CHECKING:
     from memprof.session.core import Session
 
 
+def state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors an optimizer's state holds: its values, and the tensors in its lists (LBFGS keeps
+    its history under the first parameter: ``old_dirs``, ``old_stps``, ``ro``, ``al``)."""
+    out: list[torch.Tensor] = []
+    for state in opt.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, (list, tuple)):
+                out.extend(t for t in v if isinstance(t, torch.Tensor))
+    return out
+
+
 class Optimizers:
     """Keeps the run's optimizers (weakly) and categorises what they hold."""
 
@@ -55,7 +68,8 @@ class Optimizers:
         # in place, as torch's optimizers do) are categorised already. A storage swapped under the same
         # tensor object (`p.data = ...`) waits for the next sampled step.
         tensors = [id(p) for group in opt.param_groups for p in group["params"]]
-        tensors += [id(v) for state in opt.state.values() for v in state.values()]
+        held = state_tensors(opt)
+        tensors += [id(v) for v in held]
         if self._tensors.get(id(opt)) == tensors and not self.session.schedule.sampled_step():
             return
         self._tensors[id(opt)] = tensors
@@ -63,10 +77,8 @@ class Optimizers:
             for p in group["params"]:
                 tracker.set_category(p, PARAMETERS)
                 tracker.add_fixed_numel(p.numel())
-        for state in opt.state.values():
-            for v in state.values():
-                if isinstance(v, torch.Tensor):
-                    tracker.set_category(v, OPTIMIZER_STATE)
+        for v in held:
+            tracker.set_category(v, OPTIMIZER_STATE)
 
     def categorise_all(self) -> None:
         tracker = self.session.tracker
@@ -92,10 +104,12 @@ class Optimizers:
     def infos(self) -> list[OptimizerInfo]:
         out = []
         for opt in self.live():
-            state = sum(
-                v.untyped_storage().nbytes()
-                for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0
-            )
+            storages: dict[int, int] = {}  # by address: a storage shared by two state tensors, once
+            for v in state_tensors(opt):
+                if v.dim() > 0:
+                    st = v.untyped_storage()
+                    storages[st.data_ptr()] = st.nbytes()
+            state = sum(storages.values())
             params = [p for g in opt.param_groups for p in g["params"]]
             options = {k: v for k, v in opt.defaults.items() if isinstance(v, (bool, int, float, str, type(None)))}
             out.append(OptimizerInfo(

@@ -49,14 +49,17 @@ class Publisher:
         try:
             from memprof.live.state import LiveSample, LiveState
 
-            iterations = s.steps.iterations
+            history = s.steps.history
             # Only the iterations new since the last publish are walked: cost independent of run length.
-            for it in iterations[self._published_upto:]:
-                self._published_t += it.seconds
-                self._samples.append(LiveSample(t=round(self._published_t, 4), bytes=it.peak_bytes, step=it.index))
-            self._published_upto = len(iterations)
+            rows = list(history.recent(self._published_upto))  # the tail's: steps older are left out,
+            t = history.seconds - sum(r[1] for r in rows)  # not their time
+            for index, seconds, peak in rows:
+                t += seconds
+                self._samples.append(LiveSample(t=round(t, 4), bytes=peak, step=index))
+            self._published_t = t
+            self._published_upto = history.count
             samples = list(self._samples)
-            last = iterations[-1] if iterations else None
+            last = history.last()
             dev = s.cuda.device() if s.cuda.active else None
             device: dict[str, Any] = {"type": "cuda" if s.cuda.active else "cpu"}
             if dev is not None:
@@ -66,7 +69,7 @@ class Publisher:
             state = LiveState(
                 pid=os.getpid(), script=s.config.script, argv=list(s.config.argv), started_at=self._wall0,
                 status=report.status.value if (final and report) else "running",
-                step=len(iterations), phase=s.steps.phase, batch_size=last.batch_size if last else None,
+                step=history.count, phase=s.steps.phase, batch_size=last.batch_size if last else None,
                 current_bytes=last.end_bytes if last else tracker.live,
                 peak_bytes=max(tracker.peak, s.steps.run_peak_cuda), budget_bytes=s.config.budget_bytes,
                 device=device, peak_step=tracker.peak_step,

@@ -1,8 +1,11 @@
 """The record of each iteration: opened, measured (peak, end, frontier, census), closed.
 
 :mod:`memprof.session.boundaries` says where iterations end; this module records them. A detailed
-iteration is measured op by op by the storage tracker; a watched one gets a small record and, at
-the check's pace, one look at a counter.
+iteration is measured op by op by the storage tracker; a watched one gets a row of figures (no
+object) and, at the check's pace, one look at a counter: the CUDA allocator's bytes in use and peak,
+or on CPU the C heap's bytes, whose change since the last detailed step moves the watched figures.
+The steps are kept in bounded memory (:class:`~memprof.model.history.StepHistory`), so a run of
+any length has a report of bounded size and a stop of bounded time.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from memprof.collect.census import census
+from memprof.collect.census import census, live_tensors
+from memprof.collect.heap import heap_in_use_bytes
+from memprof.model.history import EVAL, StepHistory
 from memprof.model.run import IterationRecord, frontier_from_live
+from memprof.session.config import WATCH_MARGIN_BYTES
 
 if TYPE_CHECKING:
     from memprof.session.core import Session
@@ -21,7 +27,7 @@ if TYPE_CHECKING:
 class Steps:
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.iterations: list[IterationRecord] = []
+        self.history = StepHistory()
         self.index = 0
         self.phase = "train"
         self.batch: int | None = None  # the open iteration's batch size (its first model call's)
@@ -34,6 +40,30 @@ class Steps:
         self._last_frontier: list[tuple[int, int]] = []  # ...and their frontier
         self._next_check = 0.0
         self._last_publish = 0.0
+        # The latest figures known (peak, end): a watched step's until a counter says otherwise.
+        self._figures = (0, 0)
+        self._heap_base: int | None = None  # the C heap's bytes at the last detailed step's end
+
+    @property
+    def iterations(self) -> list[IterationRecord]:
+        """The steps kept (all of a short run's; see :class:`~memprof.model.history.StepHistory`)."""
+        return self.history.records()
+
+    @property
+    def count(self) -> int:
+        """How many steps were recorded (kept or not)."""
+        return self.history.count
+
+    @property
+    def last(self) -> IterationRecord | None:
+        return self.history.last()
+
+    def set_last_end(self, end: int) -> None:
+        """The last step ends with ``end`` bytes (an evaluation's last model call): never 0 from
+        a call that measured nothing, never above the step's peak."""
+        last = self.history.last()
+        if last is not None and end > 0:
+            self.history.set_last(end=min(end, last.peak_bytes))
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
@@ -79,17 +109,13 @@ class Steps:
             self.session.publisher.publish()
 
     def watch_boundary(self, phase: str) -> None:
-        """A boundary in watch mode: one record and one look at the counter, at every step when steps
+        """A boundary in watch mode: one row and one look at the counter, at every step when steps
         take 2 ms or more (the look costs ~15 us), else every 50 ms."""
         s = self.session
         now = time.perf_counter()
-        last = self.last_detailed
         seconds = now - self._t0
-        self.iterations.append(IterationRecord(
-            index=self.index, phase=phase, detailed=False,
-            peak_bytes=last.peak_bytes if last else 0, end_bytes=last.end_bytes if last else 0,
-            batch_size=self.batch, seconds=seconds,
-        ))
+        peak, end = self._figures
+        self.history.add(self.index, EVAL if phase == "eval" else 0, peak, end, self.batch, seconds)
         if seconds >= 0.002:
             self._next_check = now
         self.index += 1
@@ -99,19 +125,64 @@ class Steps:
         s.boundaries.new_iteration()
         if now >= self._next_check:
             self._next_check = now + 0.05
-            cuda = s.cuda
-            if cuda.active:  # exact figures for watched steps on CUDA, at the check's pace
-                c = cuda.on_step()
-                if c is not None:
-                    rec = self.iterations[-1]
-                    rec.peak_bytes, rec.end_bytes = c.allocated_peak_bytes, c.allocated_bytes
-                    self.run_peak_cuda = max(self.run_peak_cuda, c.allocated_peak_bytes)
-                    cuda.backend.reset_peak(cuda.index)
+            self._check()
             s.schedule.decide(phase)
             if s.detail:
                 self.begin(self.index)
             self.phase = phase
             self._maybe_publish(now)
+
+    def _check(self) -> None:
+        """The watched step just recorded, from a counter: on CUDA the allocator's bytes in use
+        and its peak since the last look (exact); on CPU what detail last measured, moved by the C
+        heap's change since then (an estimate; changes under the watch margin are noise)."""
+        s = self.session
+        cuda = s.cuda
+        if cuda.active:
+            c = cuda.on_step()
+            if c is not None:
+                self._figures = (c.allocated_peak_bytes, c.allocated_bytes)
+                self.history.set_last(peak=c.allocated_peak_bytes, end=c.allocated_bytes,
+                                      cuda_peak=c.allocated_peak_bytes, cuda_reserved=c.reserved_bytes)
+                self.run_peak_cuda = max(self.run_peak_cuda, c.allocated_peak_bytes)
+                try:
+                    cuda.backend.reset_peak(cuda.index)
+                except Exception:
+                    pass
+            return
+        last, base = self.last_detailed, self._heap_base
+        heap = heap_in_use_bytes() if base is not None else None
+        if last is None or heap is None or base is None:
+            return
+        delta = heap - base
+        if abs(delta) < WATCH_MARGIN_BYTES:
+            delta = 0
+        # Never above the run's peak: heap beyond it is either not tensors, or tensors that the
+        # schedule's look (the same counter past its margin) is about to count in detail.
+        top = max(s.tracker.peak, last.peak_bytes)
+        peak = min(max(last.peak_bytes + delta, 0), top)
+        end = min(max(last.end_bytes + delta, 0), peak)
+        self._figures = (peak, end)
+        self.history.set_last(peak=peak, end=end)
+
+    def finish(self) -> None:
+        """At the end of the run: the run's peak takes in what watching did not count. On CUDA the
+        allocator's peak since the last look; on CPU, when the run ended watching, the storages
+        alive now that no detailed step counted (a tensor made after the loop), by a heap scan."""
+        s = self.session
+        if s.cuda.active:
+            c = s.cuda.counters()
+            if c is not None:
+                self.run_peak_cuda = max(self.run_peak_cuda, c.allocated_peak_bytes)
+            return
+        if s.detail or not self.count:
+            return
+        tracker = s.tracker
+        try:
+            for t in live_tensors():
+                tracker.ensure(t)
+        except Exception as e:
+            s.warn(f"the tensors alive at the end were not counted: {e!r}")
 
     def record(self, phase: str, frame: FrameType | None) -> None:
         s = self.session
@@ -127,10 +198,10 @@ class Steps:
             peak, end = tracker.step_peak, tracker.live
         elif counters is not None:
             peak, end = counters.allocated_peak_bytes, counters.allocated_bytes
-        else:  # watched on CPU: what detail last measured; the counter guards against change
-            last = self.last_detailed
-            peak = last.peak_bytes if last else tracker.step_peak
-            end = last.end_bytes if last else tracker.live
+        elif self.last_detailed is not None:  # watched on CPU: the latest figures known
+            peak, end = self._figures
+        else:
+            peak, end = tracker.step_peak, tracker.live
         rec = IterationRecord(
             index=self.index, phase=phase, detailed=detailed, peak_bytes=peak, end_bytes=end,
             batch_size=self.batch, seconds=time.perf_counter() - self._t0,
@@ -138,7 +209,14 @@ class Steps:
         )
         if detailed:
             self._measure(rec, phase, frame)
-        self.iterations.append(rec)
+            rec.end_categories = tuple(tracker.cat)
+        if rec.end_bytes > rec.peak_bytes:  # the step's end was alive during the step
+            rec.end_bytes = rec.peak_bytes
+        if detailed or counters is not None:
+            self._figures = (rec.peak_bytes, rec.end_bytes)
+        if detailed and counters is None:
+            self._heap_base = heap_in_use_bytes()
+        self.history.add_record(rec)
 
     def _measure(self, rec: IterationRecord, phase: str, frame: FrameType | None) -> None:
         """What a detailed iteration adds to its record: the batch frontier, gradients and

@@ -4,7 +4,9 @@ For each small model: ``memprof run --budget`` at one batch size; the suggested 
 per ../shared/tools/groundtruth.py, with its predicted peak within 3% of the measured one, and a batch
 15% larger must not fit; the mixed-precision prediction is within 15% of a measured autocast run.
 ``--memory-limit 100MiB`` on a run that needs more: status ``oom``, exit 1, the failing line, and a
-batch size that fits 100 MiB within 15% of the largest that does.
+batch size that fits 100 MiB within 15% of the largest that does; an out-of-memory at step 0, at
+step 1 (the first to hold the optimizer state through its backward) and at step 5 (the batch grows)
+is held to the same test as ``--budget``.
 """
 
 from __future__ import annotations
@@ -58,10 +60,14 @@ BUDGET_CASES = [
     (["--model", "transformer", "--optim", "adamw", "--batch-size", "24"], "64MiB"),
     (["--model", "lm", "--batch-size", "20", "--keep-grads"], "100MiB"),
     (["--model", "cnn", "--batch-size", "24", "--loader", "--keep-grads"], "48MiB"),  # 59 of the 320 samples
+    # sequence first: the batch is dimension 1 of (bptt, batch) ids, the logits are flattened to
+    # (bptt * batch, vocab), and the LSTM's workspace (flat bytes) scales though its shape does not say so
+    (["--model", "rnnlm", "--batch-size", "20"], "64MiB"),
 ]
 
 
-@pytest.mark.parametrize("args, budget", BUDGET_CASES, ids=["cnn-sgd", "transformer-adamw", "lm-keepgrads", "cnn-loader-keepgrads"])
+@pytest.mark.parametrize("args, budget", BUDGET_CASES,
+                         ids=["cnn-sgd", "transformer-adamw", "lm-keepgrads", "cnn-loader-keepgrads", "rnnlm"])
 def test_suggested_batch_fits_budget_and_15_percent_more_does_not(shared: Path, tmp_path: Path, args: list[str],
                                                                    budget: str) -> None:
     from memprof.units import parse_size
@@ -115,3 +121,37 @@ def test_memory_limit_oom_post_mortem_and_a_batch_that_fits(shared: Path, tmp_pa
     assert truth[0] <= limit, (b, truth[0])  # fits...
     assert truth[1] > limit, (b, truth[1])  # ...and is within 15% of the largest that does
     assert abs(rec["predicted_peak_bytes"] - truth[0]) <= 0.03 * truth[0]
+
+
+def _with(args: list[str], option: str, value: int) -> list[str]:
+    """``args`` with ``option``'s value replaced."""
+    i = args.index(option)
+    return [*args[:i + 1], str(value), *args[i + 2:]]
+
+
+@pytest.mark.parametrize("args, step", [
+    (["--model", "mlp", "--batch-size", "2048", "--steps", "3"], 0),  # in the first forward: a replay
+    # Adam's state is made by the first step(): the second step is the first to hold it through its backward
+    (["--model", "mlp", "--batch-size", "1024", "--steps", "3"], 1),
+    (["--model", "mlp", "--batch-size", "256", "--steps", "6", "--grow-at", "5", "--grow-to", "1024"], 5),
+], ids=["step0", "step1-optimizer-state", "step5-batch-grows"])
+def test_an_out_of_memory_at_any_step_suggests_a_batch_that_fits_and_15_percent_more_does_not(
+        shared: Path, tmp_path: Path, args: list[str], step: int) -> None:
+    limit = 36 * MiB
+    report = memprof_report(tmp_path, "--memory-limit", "36MiB", args=args, expect_rc=1)
+    assert report["status"] == "oom"
+    post = report["oom"]
+    assert post["step"] == step and post["limit_bytes"] == limit
+    # the failed request is requested, not live; no step ends above the limit or its own peak
+    assert post["live_bytes"] <= limit < post["live_bytes"] + post["requested_bytes"]
+    assert all(s["end_bytes"] <= min(limit, s["peak_bytes"]) and s["peak_bytes"] <= limit for s in report["steps"])
+    assert [s["phase"] for s in report["steps"]] == ["train"] * (step + 1)  # the failing step too
+    rec = rec_of(report, "batch_size")
+    option = "--grow-to" if "--grow-to" in args else "--batch-size"
+    b = rec["suggested"]
+    assert rec["current"] == int(args[args.index(option) + 1]) and 0 < b < rec["current"]
+    assert rec["budget_bytes"] == limit and rec["predicted_peak_bytes"] <= limit
+    truth = groundtruth(shared, [_with(args, option, b), _with(args, option, math.ceil(b * 1.15))])
+    assert truth[0] <= limit, (b, truth[0], limit)
+    assert truth[1] > limit, (b, truth[1], limit)
+    assert abs(rec["predicted_peak_bytes"] - truth[0]) <= 0.03 * truth[0], (rec["predicted_peak_bytes"], truth[0])

@@ -12,6 +12,7 @@ from memprof.advise.budget import describe, plan_budget
 from memprof.advise.optimizer import expected_state_bytes
 from memprof.model import CudaStats, RecommendationKind
 from memprof.model.run import IterationRecord, OomCapture, OptimizerInfo, RunData
+from memprof.units import fmt_bytes
 
 MiB = 1024**2
 GiB = 1024**3
@@ -94,6 +95,40 @@ def test_no_batch_advice_on_cpu_without_a_budget_but_with_one() -> None:
     assert small.suggested == 16 and "does not fit" in small.message
     none = kinds(run(its, budget_bytes=12 * MiB))["batch_size"]
     assert none.suggested == 0 and "no batch size fits" in none.message
+
+
+@pytest.mark.parametrize("budget", [76 * MiB, 200 * MiB, 45 * MiB, 101 * MiB])
+def test_the_per_sample_line_gives_the_measured_peak_at_the_current_batch(budget: int) -> None:
+    # the peak point moves with the batch: the optimizer step at small batches, the backward at large
+    its = [it(0, [(40 * MiB, 2 * MiB), (10 * MiB, 32 * MiB)]), it(1, [(12 * MiB, 32 * MiB)])]
+    data = run(its, budget_bytes=budget)
+    rec = kinds(data)["batch_size"]
+    assert rec.suggested > 0
+    fixed, per_sample = rec.extra["fixed_bytes"], rec.extra["per_sample_bytes"]
+    measured = data.peak_bytes
+    assert abs(fixed + per_sample * rec.current - measured) <= rec.current  # to the byte per sample
+    assert abs(fixed + per_sample * rec.suggested - rec.predicted_peak_bytes) <= max(rec.suggested, rec.current) * 2
+    assert f"{fmt_bytes(fixed)} fixed + {fmt_bytes(per_sample)} per sample" in rec.message
+
+
+def test_a_suggestion_the_replay_does_not_confirm_is_not_given() -> None:
+    from memprof.advise.batch_size import recommend
+    from memprof.model.report import Budget
+
+    data = run([it(0, [(10 * MiB, 32 * MiB)])])
+    model = batch_model(data)
+    assert model is not None
+    budget = Budget(bytes=76 * MiB, source="--budget")
+    assert recommend(data, model, budget).suggested == 66  # type: ignore[union-attr]
+    # the replay, anchored at the measured 42 MiB at 32, sees 1.5 MiB per sample, not 1 MiB
+    model.check = BatchModel(b0=32, points=[(-6 * MiB, 48 * MiB)], source="measured+replay")
+    model.check_batch = 61
+    rec = recommend(data, model, budget)
+    assert rec is not None and rec.suggested == 54  # -6 + 1.5 * 54 = 75 <= 76 < -6 + 1.5 * 55
+    assert rec.extra["unconfirmed_batch_size"] == 66 and "does not confirm" in rec.message
+    assert rec.predicted_peak_bytes == model.check.predict(54) <= 76 * MiB
+    model.check = BatchModel(b0=32, points=[(10 * MiB, 32 * MiB)], source="measured+replay")  # it agrees
+    assert recommend(data, model, budget).suggested == 66  # type: ignore[union-attr]
 
 
 def oom_capture(**kw: Any) -> OomCapture:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -120,3 +123,44 @@ def test_three_increases_in_a_row_are_needed() -> None:
     early = AccumulatedTensorDetector()
     for it in rec.iterations[:3]:  # two increases only
         assert early.on_iteration(it, {}) == []
+
+
+def histories_in_bounded_deques(rec: Recorder) -> None:
+    model, opt = _setup()
+    history = {"loss": collections.deque(maxlen=50), "logits": collections.deque(maxlen=50)}
+    for _ in range(STEPS):
+        opt.zero_grad()
+        logits = model(torch.randn(16, 32))
+        loss = logits.pow(2).mean()
+        loss.backward()
+        opt.step()
+        history["loss"].append(loss.detach())
+        history["logits"].append(logits.detach())
+        rec.boundary()
+
+
+def test_a_dict_of_bounded_deques_does_not_grow_every_step() -> None:
+    # Each deque stops at its maxlen: "grows every step" and "bound it with a deque" would be wrong.
+    rec = Recorder(AccumulatedTensorDetector())
+    histories_in_bounded_deques(rec)
+    assert rec.findings == []
+
+
+def test_moving_to_the_cpu_is_suggested_on_a_gpu_run_only() -> None:
+    rec = Recorder(AccumulatedTensorDetector())
+    kept_outputs(rec, detach=True)
+    on_cpu = rec.findings[-1]
+    assert ".cpu()" not in on_cpu.advice and "to the CPU" not in on_cpu.advice.lower()
+    assert "bound all_logits" in on_cpu.advice and "keep only the numbers you need" in on_cpu.advice
+    gpu = AccumulatedTensorDetector()  # the same censuses, from a run whose allocator was CUDA's
+    found = [f for it in rec.iterations for f in gpu.on_iteration(dataclasses.replace(it, cuda_allocated_peak=1), {})]
+    assert found and "keep it on the CPU (`.cpu()`)" in found[-1].advice
+
+
+def test_graph_carrying_outputs_get_no_cpu_advice_on_a_cpu_run() -> None:
+    rec = Recorder(AccumulatedTensorDetector())
+    kept_outputs(rec, detach=False)
+    assert ".cpu()" not in rec.findings[-1].advice
+    gpu = AccumulatedTensorDetector()
+    found = [f for it in rec.iterations for f in gpu.on_iteration(dataclasses.replace(it, cuda_allocated_peak=1), {})]
+    assert found and ".detach().cpu()" in found[-1].advice

@@ -82,3 +82,11 @@ def test_several_storages_of_one_variable_add_up() -> None:
     for i in range(3):
         out += d.on_iteration(iteration(i, lingering=[_candidate(i, small, small), _candidate(i, small, small)]), {})
     assert [(f.step, f.bytes) for f in out] == [(1, 2 * small), (2, 2 * small)]
+
+
+def test_moving_it_to_the_cpu_is_suggested_on_a_gpu_run_only() -> None:
+    assert all(".cpu()" not in f.advice for f in _run())  # a CPU run: `.cpu()` frees nothing
+    d = LingeringTensorDetector()
+    found = [f for i in range(4) for f in d.on_iteration(
+        iteration(i, "train", peak_bytes=PEAK, lingering=[_candidate(i)] if i else [], cuda_allocated_peak=PEAK), {})]
+    assert found and "a slice, `.cpu()`, a number" in found[0].advice

@@ -73,3 +73,22 @@ def test_live_storages_are_asked_for_only_when_there_is_growth() -> None:
 
     data = run_data(_steps([BASE] * 12), peak_bytes=BASE)
     assert MemoryGrowthDetector().on_finish(RunEnd(data, refs=refs)) == [] and asked == []
+
+
+def test_bounded_containers_filling_up_are_no_growth() -> None:
+    # deques with a maxlen (or a dict of them) fill up to their bound: no reference to drop.
+    from memprof.collect.census import Observation
+
+    def held(step: int, bounded: bool) -> Observation:
+        return Observation(path="recent", file="train.py", function="main", first_line=1, line=9, is_container=True,
+                           tensors=step, bytes=GROWING[step] - BASE, bounded=bounded)
+
+    for bounded, grows in ((True, False), (False, True)):
+        its = _steps(GROWING)
+        for it in its:
+            it.variables = [held(it.index, bounded)]
+        d = MemoryGrowthDetector()
+        for it in its:
+            d.on_iteration(it, {})
+        data = run_data(its, peak_bytes=max(it.peak_bytes for it in its))
+        assert bool(d.on_finish(RunEnd(data, findings=[], refs=lambda: []))) == grows

@@ -94,3 +94,34 @@ def test_the_largest_saved_figure_of_the_module_is_reported() -> None:
     [f] = d.on_forward_dropped(ForwardRecord(module="Net", site=site, step=2, phase="eval"), 2)
     assert (f.bytes, f.step) == (5000, 2)
 
+
+
+def _dropped(site: tuple[str, int], step: int, **fields: object) -> ForwardRecord:
+    return ForwardRecord(module="Net", site=site, step=step, phase="eval", **fields)  # type: ignore[arg-type]
+
+
+def test_the_measured_saving_is_reported_not_the_saved_bytes() -> None:
+    # The saved bytes count the weights and the inputs a forward saves, which exist either way: the
+    # replay's difference of peaks (autograd on minus off) is the figure, per call, never a sum.
+    d = MissingNoGradDetector()
+    site = (__file__, 1)
+    assert d.on_forward_dropped(_dropped(site, 0, saved_bytes=7 << 20), 0) == []
+    [f] = d.on_forward_dropped(_dropped(site, 1, saved_bytes=7 << 20, alive=2, no_grad_saving=3 << 20), 1)
+    assert f.bytes == 3 << 20 and f.extra["measured"]
+    assert "lower the peak of these calls by 3.00 MiB (2 of its graphs alive at once)" in f.message
+    for step in range(2, 6):  # more calls of the same line: the figure stays per call
+        [g] = d.on_forward_dropped(_dropped(site, step, saved_bytes=7 << 20, alive=2, no_grad_saving=3 << 20), step)
+    assert g is f and f.bytes == 3 << 20 and f.extra["calls"] == 6
+
+
+def test_a_measured_saving_replaces_an_earlier_estimate_through_the_doctor() -> None:
+    from memprof.analyze.doctor import Doctor
+
+    doctor = Doctor([MissingNoGradDetector()])
+    site = (__file__, 1)
+    for step in range(2):  # not measured yet: the saved bytes stand in
+        doctor.forward_dropped(_dropped(site, step, saved_bytes=7 << 20), step)
+    assert [f.bytes for f in doctor.findings] == [7 << 20] and "up to 7.00 MiB" in doctor.findings[0].message
+    doctor.forward_dropped(_dropped(site, 2, saved_bytes=7 << 20, no_grad_saving=1 << 20), 2)
+    [f] = doctor.findings
+    assert f.bytes == 1 << 20 and "lower the peak of these calls by 1.00 MiB" in f.message

@@ -144,6 +144,9 @@ def test_fixes_rewrite_what_the_statement_adds(tmp_path: Path) -> None:
     assert "`totals[k] += loss.item()`" in acc("totals[k] += loss", "totals")
     bn = acc("self.m = 0.9 * self.m + 0.1 * x.mean(0)", "self.m", scalar=False)
     assert "`self.m = (0.9 * self.m + 0.1 * x.mean(0)).detach()`" in bn and "torch.no_grad()" in bn
+    # A conditional: the branch that carries the graph is the one fixed (both then add a number).
+    assert "`total_loss += loss.item()`" in acc("total_loss += loss.item() if careful else loss", "total_loss")
+    assert "`t += loss.item() if careful else (loss * 2).item()`" in acc("t += loss.item() if careful else loss * 2", "t")
     words = acc("loss += loss.item()", "loss")  # nothing to rewrite: never `loss += loss.item()` again
     assert "loss.item()`" not in words and ".item()" in words
 

@@ -244,3 +244,13 @@ def test_a_census_keeps_no_generator_local_alive() -> None:
     census(sys._getframe())
     next(g)  # the generator rebinds its variable: the old tensor must die now
     assert ref() is None
+
+
+def test_a_dict_of_bounded_deques_is_bounded_and_one_unbounded_item_is_not() -> None:
+    histories = {"loss": collections.deque([torch.ones(2)], maxlen=4), "step": 3}
+    mixed = {"loss": collections.deque([torch.ones(2)], maxlen=4), "all": [torch.ones(2)]}
+    open_ended = [collections.deque([torch.ones(2)])]
+    obs = {o.path: o for o in census(sys._getframe())}
+    assert obs["histories"].bounded
+    assert not obs["mixed"].bounded and not obs["open_ended"].bounded
+    del histories, mixed, open_ended

@@ -194,3 +194,19 @@ def test_in_place_zero_grad_is_read_from_code_not_from_strings(tmp_path: Path) -
     c.write_text("model.zero_grad(False)\n")
     assert not zeroes_grads_in_place([str(a), str(tmp_path / "missing.py")])
     assert zeroes_grads_in_place([str(a), str(b)]) and zeroes_grads_in_place([str(c)])
+
+
+def test_the_replay_scales_what_ops_make_from_the_batch_unless_it_has_a_parameters_size() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memprof.collect.replay_step import _Counter
+
+    counter = _Counter(61, fixed_numels={64})
+    with FakeTensorMode(), counter:
+        x = torch.empty(61, 64)
+        flat = torch.cat([x.flatten(), torch.ones(3)])  # the batch's bytes, in a shape that does not say so
+        reduced = x.sum(0)  # a parameter's number of elements (a bias's gradient)
+        alone = torch.ones(5, 3)
+        assert counter.scaled == (61 * 64 + 61 * 64 + 3) * 4
+        assert counter.live == counter.scaled + (64 + 15) * 4
+        del x, flat, reduced, alone

@@ -106,6 +106,25 @@ def test_batch_scaled_storages_are_marked(make_tracker: Any) -> None:
     del act, flat, weight_like, other
 
 
+def test_what_ops_make_from_the_batch_scales_unless_it_has_a_parameters_size(make_tracker: Any) -> None:
+    tr = make_tracker()
+    bias = torch.ones(64)
+    tr.set_category(bias, PARAMETERS)
+    tr.add_fixed_numel(bias.numel())
+    tr.batch_size = 8
+    data = torch.ones(3, 5)  # not the batch's
+    with tr:
+        tr.begin_step(0)
+        act = torch.ones(8, 64) * 2
+        flat = torch.cat([act.flatten(), torch.ones(3)])  # the batch's bytes, in a shape that does not say so
+        reduced = act.sum(0, keepdim=True)  # (1, 64): a bias's size, as its gradient is
+        other = torch.cat([data.flatten(), torch.ones(3)])
+    refs = {tuple(r.shape): r for r in tr.live_refs()}
+    assert refs[(8, 64)].scaled and refs[(515,)].scaled
+    assert not refs[(1, 64)].scaled and not refs[(18,)].scaled
+    del act, flat, reduced, other
+
+
 def test_old_transient_storages_and_where_a_lingering_candidate_dies(make_tracker: Any) -> None:
     tr = make_tracker()
     with tr:

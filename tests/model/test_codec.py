@@ -233,3 +233,18 @@ def test_a_finding_kind_from_a_newer_memprof_is_kept_not_an_error() -> None:
     out = report_to_dict(again)
     assert out["findings"][-1]["kind"] == "leaked_stream"
     assert out["recommendations"][-1]["kind"] == "use_fsdp"
+
+
+def test_round_trip_of_a_downsampled_runs_steps_kept() -> None:
+    from memprof.model.report import StepsKept
+
+    report = make_report()
+    assert "steps_kept" not in report_to_dict(report)  # all steps kept: nothing said
+    assert report.step_count == len(report.steps)
+    report.steps_kept = StepsKept(total=1_000_000, train=999_000, eval=1_000, detailed=300, kept=2_900,
+                                  head=512, tail=512, bucket_steps=2048, bucketed=998_976)
+    d = json.loads(json.dumps(report_to_dict(report)))
+    assert d["steps_kept"]["total"] == 1_000_000 and d["steps"]  # the contract's steps stay
+    back = report_from_dict(d)
+    assert back.steps_kept == report.steps_kept
+    assert (back.step_count, back.eval_step_count) == (1_000_000, 1_000)

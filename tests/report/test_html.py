@@ -216,6 +216,13 @@ def test_modules_table_sortable_in_activation_order() -> None:
     assert "table.sortable th" in render_html(make_report())  # the sorting script
 
 
+def test_modules_table_says_what_it_shows() -> None:
+    # Not the breakdown at the peak: each module's largest step, its saved weights and inputs included.
+    mods = section(render_html(make_report()), "modules")
+    assert "<h2>Modules by activations saved for backward in one step</h2>" in mods
+    assert "largest step over the run" in mods and "Not the breakdown at the peak" in mods
+
+
 def test_findings_show_location_variable_bytes_message_fix() -> None:
     fs = section(render_html(make_report()), "findings")
     assert fs.index("badge-error") < fs.index("badge-warning") < fs.index("badge-info")
@@ -302,3 +309,18 @@ def test_style_and_script_are_package_files_inlined() -> None:
     assert f"<style>\n{css}</style>" in doc
     assert f"<script>\n{js}</script>" in doc
     assert "table.sortable th" in css and "addEventListener" in js
+
+
+def test_a_downsampled_runs_chart_buckets_by_index_and_says_how_many_steps() -> None:
+    from memprof.model.report import StepRecord
+
+    # dense at both ends, sparse in the middle: as a long run's report keeps them
+    idx = list(range(500)) + list(range(500, 999_500, 500)) + list(range(999_500, 1_000_000))
+    steps = [StepRecord(index=i, peak_bytes=(90 if i == 400_000 else 5) * MiB, end_bytes=MiB) for i in idx]
+    buckets = downsample(steps, 100)
+    spans = [b[1] - b[0] for b in buckets]
+    assert len(buckets) <= 100 and max(spans) < 10_000  # even spans of the index, not of the list
+    assert max(b[2] for b in buckets) == 90 * MiB
+    chart = steps_chart(steps, total=1_000_000)
+    assert "1,000,000 steps (" in chart and "kept) drawn as" in chart
+    assert "at step 400000" in chart

@@ -110,11 +110,20 @@ def test_modules_sorted_by_activations_and_limited() -> None:
     lines = lines_of(text)
     title = next(i for i, ln in enumerate(lines) if ln.startswith("top modules"))
     assert "(2 of 4)" in lines[title]
-    rows = lines[title + 2:title + 4]
+    rows = lines[title + 3:title + 5]
     assert rows[0].split()[0] == "encoder.layers.0"
     assert rows[1].split()[0] == "encoder.layers.1"
     assert "head" not in "\n".join(lines[title:title + 5])
     assert "96.0 MiB" in rows[0]
+
+
+def test_the_module_table_says_what_it_shows() -> None:
+    # Beside the breakdown at the peak, the table's activations (a module's largest step, its saved
+    # weights and inputs included) would read as a contradiction without its label.
+    lines = lines_of(render_summary(make_report(), cwd=CWD))
+    title = next(i for i, ln in enumerate(lines) if ln.startswith("top modules"))
+    assert lines[title].startswith("top modules by activations saved for backward in one step, largest over the run")
+    assert "not the peak's breakdown" in lines[title + 1]
 
 
 def test_recommendations_show_change_and_predicted_peak() -> None:
@@ -220,3 +229,17 @@ def test_fmt_seconds() -> None:
     assert fmt_seconds(0.02) == "20 ms"
     assert fmt_seconds(125) == "2 min 05 s"
     assert fmt_seconds(3 * 3600 + 60) == "3 h 01 min"
+
+
+def test_a_downsampled_run_counts_every_step_and_a_steps_end_stays_within_its_peak() -> None:
+    from memprof.model.report import StepRecord, StepsKept
+
+    report = make_report(steps=[
+        StepRecord(index=0, peak_bytes=7 * MiB, end_bytes=5 * MiB),
+        StepRecord(index=500_000, peak_bytes=7 * MiB, end_bytes=5 * MiB),
+        StepRecord(index=999_999, peak_bytes=7 * MiB, end_bytes=20 * MiB),  # an older memprof's end
+    ])
+    report.steps_kept = StepsKept(total=1_000_000, train=990_000, eval=10_000, kept=3)
+    text = "\n".join(lines_of(render_summary(report, cwd=CWD)))
+    assert "· 1,000,000 steps" in text  # (the train/eval split is left out where the line is too long)
+    assert "step end  5.00 MiB at step 0" in text and "7.00 MiB at step 999999 (+2.00 MiB)" in text

@@ -2,6 +2,9 @@
 
 usage: advise_models.py --model {mlp,cnn,transformer,lm,rnnlm} [--batch-size N] [--steps N]
                         [--optim {adam,adamw,sgd}] [--keep-grads] [--amp] [--loader]
+                        [--grow-at STEP --grow-to N]
+
+``--grow-at STEP --grow-to N``: from step STEP on, batches of N (an out-of-memory at a later step).
 
 ``rnnlm`` is PyTorch's word-language model as its example trains it: an ``nn.LSTM`` reading
 (bptt, batch) token ids, sequence first, from a corpus batchified before the loop, the hidden state
@@ -118,6 +121,8 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CPU")
     p.add_argument("--loader", action="store_true", help="batches from a DataLoader over a dataset")
     p.add_argument("--checkpoint", action="store_true", help="checkpoint each transformer layer")
+    p.add_argument("--grow-at", type=int, default=None, help="from this step on, batches of --grow-to")
+    p.add_argument("--grow-to", type=int, default=None)
     a = p.parse_args()
     torch.manual_seed(0)
     model, sample, target = build(a.model)
@@ -150,11 +155,12 @@ def main() -> None:
                     continue  # a few steps, then the last (partial) batch
                 yield batch
             return
-        for _ in range(a.steps):
+        for step in range(a.steps):
+            n = a.grow_to if a.grow_at is not None and step >= a.grow_at and a.grow_to else b
             if target == "lm":
-                yield torch.randint(0, 4096, (b, *sample)), torch.randint(0, 4096, (b, *sample))
+                yield torch.randint(0, 4096, (n, *sample)), torch.randint(0, 4096, (n, *sample))
             else:
-                yield torch.randn(b, *sample), torch.randint(0, 10, (b,))
+                yield torch.randn(n, *sample), torch.randint(0, 10, (n,))
 
     for x, y in batches():
         opt.zero_grad(set_to_none=not a.keep_grads)

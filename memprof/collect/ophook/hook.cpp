@@ -3,10 +3,21 @@
 // It reports what a dispatch mode sees, no more: the outputs of ops the caller (or a composite
 // op's decomposition) called, not the scratch tensors a kernel makes for itself inside an op.
 // An op without a CompositeImplicitAutograd kernel is opaque: ops called inside it are hidden.
+
+// RecordFunction as libtorch (built with NDEBUG) has it: without its debug-only member and check,
+// which would fail at every read of an op's inputs in a start callback of an extension built
+// without NDEBUG (the flag is on for this header only).
+#ifndef NDEBUG
+#define NDEBUG
+#include <ATen/record_function.h>
+#undef NDEBUG
+#else
+#include <ATen/record_function.h>
+#endif
+
 #include "hook.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/record_function.h>
 #include <torch/csrc/Storage.h>
 
 #include <atomic>
@@ -75,7 +86,7 @@ bool is_opaque(ThreadState& ts, const at::RecordFunction& fn) {
 }
 
 // Output `out` of op `op`, which just ended.
-void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t, const char* op, int32_t out) {
+void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t, const char* op, int32_t out, bool derived) {
   if (!t.defined() || !t.has_storage()) return;
   const c10::Storage& storage = t.storage();
   c10::StorageImpl* s = storage.unsafeGetStorageImpl();
@@ -96,24 +107,60 @@ void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t, const char* op, i
     ++errors;  // the sizes of an exotic tensor: not counted, and said (error_count)
     return;
   }
-  if (made) python_parts(ts, ledger, e, storage, new_high, op, out);
+  if (made) {
+    ledger->taint(e, derived);
+    python_parts(ts, ledger, e, storage, new_high, op, out);
+  }
+}
+
+// Whether the op starting reads a storage of `ledger` that scales with the batch.
+bool reads_scaled(Ledger* ledger, const at::RecordFunction& fn) {
+  for (const c10::IValue& v : fn.inputs()) {
+    if (v.isTensor()) {
+      if (ledger->input_scales(storage_of(v.toTensor()))) return true;
+    } else if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorVector()) {
+        if (ledger->input_scales(storage_of(t))) return true;
+      }
+    } else if (v.isList()) {
+      for (const c10::IValue& e : v.toListRef()) {
+        if (e.isTensor() && ledger->input_scales(storage_of(e.toTensor()))) return true;
+      }
+    }
+  }
+  return false;
 }
 
 std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
   ThreadState& ts = tls;
   const bool opaque = is_opaque(ts, fn);
+  bool derived = false;
+  if (!ts.busy && ts.opaque_depth == 0) {  // its outputs will be seen: does it read the batch?
+    Ledger* ledger = active_raw.load(std::memory_order_acquire);
+    if (ledger != nullptr && ledger->batch > 0) {
+      try {
+        derived = reads_scaled(ledger, fn);
+      } catch (const std::exception&) {
+        ++errors;
+      }
+    }
+  }
   ts.opaque_stack.push_back(opaque);
   ts.op_stack.push_back(fn.name());
+  ts.derived_stack.push_back(derived);
   if (opaque) ++ts.opaque_depth;
   return nullptr;
 }
 
 void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
   ThreadState& ts = tls;
+  bool derived = false;
   if (!ts.opaque_stack.empty()) {
     if (ts.opaque_stack.back()) --ts.opaque_depth;
     ts.opaque_stack.pop_back();
     ts.op_stack.pop_back();
+    derived = ts.derived_stack.back();
+    ts.derived_stack.pop_back();
   }
   if (ts.busy || ts.opaque_depth > 0) return;
   // The Python tracker owns its ledger: uninstall clears this pointer, not the ledger.
@@ -124,12 +171,12 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
   int32_t out = 0;
   for (const c10::IValue& v : fn.outputs()) {
     if (v.isTensor()) {
-      see(ts, ledger, v.toTensor(), op, out++);
+      see(ts, ledger, v.toTensor(), op, out++, derived);
     } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorVector()) see(ts, ledger, t, op, out++);
+      for (const at::Tensor& t : v.toTensorVector()) see(ts, ledger, t, op, out++, derived);
     } else if (v.isList()) {
       for (const c10::IValue& e : v.toListRef()) {
-        if (e.isTensor()) see(ts, ledger, e.toTensor(), op, out++);
+        if (e.isTensor()) see(ts, ledger, e.toTensor(), op, out++, derived);
       }
     }
   }
@@ -222,7 +269,8 @@ void install(const std::shared_ptr<Ledger>& ledger, py::object site, py::object 
   set_callback(&foreign_cb, foreign);
   set_callback(&peak_cb, peak);
   handle = at::addThreadLocalCallback(
-      at::RecordFunctionCallback(on_start, on_end).needsOutputs(true).scopes({at::RecordScope::FUNCTION}));
+      at::RecordFunctionCallback(on_start, on_end).needsInputs(true).needsOutputs(true).scopes(
+          {at::RecordScope::FUNCTION}));
 }
 
 void uninstall() {

@@ -28,6 +28,7 @@ struct ThreadState {
   // Whether each op being run is opaque, and how many opaque ops enclose this point.
   std::vector<char> opaque_stack;
   std::vector<const char*> op_stack;  // the ops being run, innermost last (for the saved-births cache)
+  std::vector<char> derived_stack;  // whether each op being run read a storage that scales with the batch
   int opaque_depth = 0;
   // Keyed by the operator's name and overload strings, which live as long as the operator.
   std::unordered_map<std::pair<const char*, const char*>, bool, PairHash> opaque_cache;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <c10/core/ScalarType.h>
+#include <c10/core/StorageImpl.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/SmallVector.h>
 
@@ -172,6 +173,9 @@ struct Ledger : std::enable_shared_from_this<Ledger> {
 
   // -- batch scaling (scaling.cpp) -----------------------------------------------------------------
   bool scales(c10::IntArrayRef shape) const;  // under the lock
+  bool param_sized(c10::IntArrayRef shape) const;  // under the lock
+  bool input_scales(c10::StorageImpl* s);  // takes the lock
+  void taint(Entry* e, bool derived);  // takes the lock: made from a storage that scales
   void set_scaling(int64_t batch_size, const std::vector<int64_t>& numels,
                    const std::vector<std::vector<int64_t>>& sorted_shapes);
   void mark_first_batch(const std::unordered_set<intptr_t>& inputs);

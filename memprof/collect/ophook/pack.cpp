@@ -66,6 +66,7 @@ at::Tensor pack(const std::shared_ptr<Ledger>& ledger, const at::Tensor& t) {
       // Born here, before its op ends: its key is the one the callback would give it at the end.
       ThreadState& ts = this_thread();
       Entry* e = find_or_add(l, s, t, OTHER, l->step, &made, &new_high, l->op_index + 1, ts.running_op());
+      if (made) l->taint(e, !ts.derived_stack.empty() && ts.derived_stack.back());
       {
         std::lock_guard<SpinLock> g(l->mu);
         l->note_saved_locked(e);

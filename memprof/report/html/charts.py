@@ -71,23 +71,43 @@ def index_ticks(lo: int, hi: int, count: int = 8) -> list[int]:
     return list(range(first, hi + 1, step))
 
 
+def bucket_steps(steps: Sequence[StepRecord], max_points: int = MAX_POINTS) -> int:
+    """How many consecutive step indices one drawn point covers."""
+    if not steps:
+        return 1
+    return max(1, math.ceil((steps[-1].index - steps[0].index + 1) / max_points))
+
+
 def downsample(steps: Sequence[StepRecord], max_points: int = MAX_POINTS) -> list[tuple[int, int, int, int, int]]:
-    """Buckets of consecutive steps: (first index, last index, max peak, max end, min end)."""
-    n = len(steps)
-    if n == 0:
+    """Buckets of consecutive step indices: (first index, last index, max peak, max end, min end).
+
+    By index, not by position: a long run's report keeps its first and last steps and, between
+    them, each bucket's extremes (:mod:`memprof.model.history`), so the steps kept are denser at
+    the ends; buckets of equal index spans draw them at an even pace."""
+    if not steps:
         return []
-    size = max(1, math.ceil(n / max_points))
-    out = []
-    for start in range(0, n, size):
-        chunk = steps[start:start + size]
-        ends = [s.end_bytes for s in chunk]
-        out.append((chunk[0].index, chunk[-1].index, max(s.peak_bytes for s in chunk), max(ends), min(ends)))
+    lo, size = steps[0].index, bucket_steps(steps, max_points)
+    out: list[tuple[int, int, int, int, int]] = []
+    key, first, last, peak, hi_end, lo_end = -1, 0, 0, 0, 0, 0
+    for s in steps:
+        k = (s.index - lo) // size
+        end = min(s.end_bytes, s.peak_bytes)
+        if k != key:
+            if key >= 0:
+                out.append((first, last, peak, hi_end, lo_end))
+            key, first, peak, hi_end, lo_end = k, s.index, s.peak_bytes, end, end
+        else:
+            peak, hi_end, lo_end = max(peak, s.peak_bytes), max(hi_end, end), min(lo_end, end)
+        last = s.index
+    out.append((first, last, peak, hi_end, lo_end))
     return out
 
 
 def steps_chart(steps: Sequence[StepRecord], budget: int | None = None, run_peak: int | None = None,
-                width: int = 1000, height: int = 320, empty_note: str = "") -> str:
+                width: int = 1000, height: int = 320, empty_note: str = "", total: int | None = None) -> str:
     """SVG line chart of peak and end-of-step bytes per step, the peak marked, the budget dashed.
+
+    ``total``: how many steps the run had, where ``steps`` holds those a long run kept.
 
     ``run_peak``: the run's peak, drawn as a dotted line when it lies above every step's peak (it
     happened outside the recorded steps: at set-up, in an evaluation, or in the step that failed).
@@ -99,7 +119,7 @@ def steps_chart(steps: Sequence[StepRecord], budget: int | None = None, run_peak
     ml, mr, mt, mb = 74, 20, 18, 38
     pw, ph = width - ml - mr, height - mt - mb
     buckets = downsample(steps)
-    bucket_size = max(1, math.ceil(len(steps) / MAX_POINTS))
+    bucket_size = bucket_steps(steps)
     top_data = max(b[2] for b in buckets)
     show_budget = budget is not None and 0 < budget <= 2.5 * max(top_data, 1)
     show_run_peak = run_peak is not None and run_peak > top_data
@@ -202,7 +222,9 @@ def steps_chart(steps: Sequence[StepRecord], budget: int | None = None, run_peak
         legend.append(f'<span class="muted">budget {esc(fmt_bytes(budget))} (off the scale, '
                       f"{esc(fmt_pct(top_data, budget))} used at most)</span>")
     if bucket_size > 1:
-        legend.append(f'<span class="muted">{len(steps):,} steps drawn as {len(buckets)} points '
+        count = max(total or 0, len(steps))
+        kept = f" ({len(steps):,} kept)" if count > len(steps) else ""
+        legend.append(f'<span class="muted">{count:,} steps{kept} drawn as {len(buckets)} points '
                       f"(the largest value of every {bucket_size} steps)</span>")
     legend.append("</div>")
     return "".join(parts) + "".join(legend)

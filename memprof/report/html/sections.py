@@ -291,7 +291,10 @@ def modules(report: Report) -> str:
     more = ""
     if len(mods) > len(shown):
         more = f'<p class="muted">{len(mods) - len(shown):,} smaller modules are not shown.</p>'
-    return ('<section id="modules"><h2>Modules</h2><p class="muted">Click a column to sort.</p>'
+    return ('<section id="modules"><h2>Modules by activations saved for backward in one step</h2>'
+            '<p class="muted">Each module\'s largest step over the run: what its forward saved for backward, the '
+            'weights and inputs its layers save included. Not the breakdown at the peak, whose activations are '
+            'what was alive at that moment. Click a column to sort.</p>'
             '<table class="sortable"><thead><tr><th>module</th><th>type</th><th class="num">parameters</th>'
             '<th class="num">activations</th><th class="num">gradients</th><th class="num">calls</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>{more}</section>')
@@ -353,7 +356,8 @@ def timeline(report: Report) -> str:
     from_snapshot = report.cuda is not None and report.cuda.source == "snapshot"
     empty_note = "A PyTorch memory snapshot holds no per-step figures." if from_snapshot else ""
     return ('<section id="timeline"><h2>Memory per step</h2>'
-            + steps_chart(report.steps, report.budget_bytes, report.peak_bytes, empty_note=empty_note) + "</section>")
+            + steps_chart(report.steps, report.budget_bytes, report.peak_bytes, empty_note=empty_note,
+                          total=report.step_count) + "</section>")
 
 
 def breakdown(report: Report) -> str:
