@@ -155,8 +155,10 @@ def run_example(example: Example, root: Path, timeout: float) -> dict[str, Any]:
         source = OWN if example.own else root
         plain_dir = _copy(example, source, Path(tmp) / "plain")
         prof_dir = _copy(example, source, Path(tmp) / "memprof")
-        launch = ["-m", "torch.distributed.run", "--nproc-per-node", str(example.nproc)] if example.nproc else []
-        rc0, out0, _err0, t0 = _run([sys.executable, *launch, example.script, *example.args], plain_dir, timeout)
+        # --standalone: a free port for the job's rendezvous, as `memprof run --nproc-per-node` uses.
+        launch = (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(example.nproc)]
+                  if example.nproc else [])
+        rc0, out0, err0, t0 = _run([sys.executable, *launch, example.script, *example.args], plain_dir, timeout)
         report_path = Path(tmp) / "report.json"
         ranks = ["--nproc-per-node", str(example.nproc)] if example.nproc else []
         rc1, out1, err1, t1 = _run([sys.executable, "-m", "memprof", "run", *ranks, "--json", str(report_path),
@@ -169,6 +171,7 @@ def run_example(example: Example, root: Path, timeout: float) -> dict[str, Any]:
         "exit_python": rc0, "exit_memprof": rc1, "stdout_same": _mask(out0) == _mask(out1),
         "seconds_python": round(t0, 1), "seconds_memprof": round(t1, 1),
         "memprof_stderr_tail": err1[-1500:] if rc1 != rc0 else "",
+        "python_stderr_tail": err0[-1500:] if rc1 != rc0 else "",
         "report": _summary(report) if report else None,
     }
 

@@ -28,4 +28,5 @@ for epoch in range(2):
         total += loss.item()
     if rank == 0:
         print(f"epoch {epoch} loss {total / len(loader):.4f} world {os.environ['WORLD_SIZE']}")
+dist.barrier()  # both ranks done before the group goes
 dist.destroy_process_group()

@@ -24,6 +24,8 @@ what 3 to 5 say; when they move the batch, the call's description is corrected
 :func:`batch_size_of` costs a dict lookup more than dimension 0 did.
 
 Known limitations:
+- A 1-D floating-point input is taken as one unbatched sample: a model fed a batch of scalars as
+  a vector gets no batch size (and no batch-size advice).
 - The global pre-hook sees positional arguments only: a layout module called with keywords only
   tells nothing (its batch_first still counts, statically).
 - A loss seen after another model's call started (two models, one loss) is not seen.
@@ -192,6 +194,12 @@ def root_batch(module: nn.Module) -> RootBatch:
     return loc
 
 
+def unbatched(t: torch.Tensor) -> bool:
+    """A single sample: one vector of floating-point features (an RL policy's state, ``nn.Linear``
+    and the RNN cells read a 1-D input as unbatched). A 1-D integer input (token ids) is a batch."""
+    return t.dim() == 1 and t.is_floating_point()
+
+
 def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
                   module: nn.Module | None = None) -> int | None:
     """The batch size of a call of ``module`` (None: the last model described): its first tensor
@@ -202,7 +210,7 @@ def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
     if t is None:
         return None
     n = t.dim()
-    if n == 0:
+    if n == 0 or unbatched(t):
         return None
     loc = _last[0] if module is None else _ROOTS.get(id(module))
     if loc is None:
@@ -242,7 +250,7 @@ def call_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     k, ok_k = _describe(dict(kwargs or {}))
     first, loc = locate(module, args, kwargs)
     dim, why, size = 0, "", None
-    if first is not None and first.dim() > 0:
+    if first is not None and first.dim() > 0 and not unbatched(first):
         n = first.dim()
         dim = loc.dims.get(n, 0)
         why = loc.sources.get(n, "")

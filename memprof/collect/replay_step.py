@@ -19,6 +19,8 @@ A storage an op makes from one that follows the batch follows it too (unless it 
 number of elements), as in the run's trackers: flat bytes whose shape does not show the batch.
 
 Known limitations:
+- An optimizer whose step needs a closure (LBFGS) is not stepped in the replay: its state (the
+  history) is what the run measured, not replayed.
 - Fake kernels allocate no workspace where the real ones do (``mkldnn_rnn_layer``'s, an LSTM's on
   CPU, is empty): the replay sees less than the run. The advisor only lets it lower a suggestion.
 """
@@ -218,7 +220,19 @@ def stand_in_loss(out: Any) -> torch.Tensor | None:
     return t.sum()
 
 
+def needs_closure(opt: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's ``step`` must be given a closure (LBFGS): it reads the loss's value
+    (``float(closure())``), which fake tensors do not have, so its step is not replayed."""
+    try:
+        closure = inspect.signature(type(opt).step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 def _fake_optimizer(opt: torch.optim.Optimizer, fakes: dict[int, torch.Tensor]) -> torch.optim.Optimizer | None:
+    if needs_closure(opt):
+        return None
     groups = []
     for g in opt.param_groups:
         params = [fakes[id(p)] for p in g["params"] if id(p) in fakes]

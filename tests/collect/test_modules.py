@@ -65,8 +65,11 @@ def test_modules_without_parameters_are_not_iterations() -> None:
 def test_batch_size_of_nested_inputs() -> None:
     assert batch_size_of((torch.zeros(7, 3),)) == 7
     assert batch_size_of(({"ids": torch.zeros(4, 9)},)) == 4
-    assert batch_size_of((), {"x": [torch.zeros(2)]}) == 2
+    assert batch_size_of((), {"x": [torch.zeros(2, 5)]}) == 2
     assert batch_size_of((torch.tensor(1.0),)) is None
+    # One sample's features (an RL policy's state) has no batch; 1-D token ids are a batch.
+    assert batch_size_of((torch.zeros(4),)) is None
+    assert batch_size_of((torch.zeros(6, dtype=torch.long),)) == 6
 
 
 def test_a_model_call_is_described_again_when_what_it_depends_on_changes() -> None:

@@ -210,3 +210,17 @@ def test_the_replay_scales_what_ops_make_from_the_batch_unless_it_has_a_paramete
         assert counter.scaled == (61 * 64 + 61 * 64 + 3) * 4
         assert counter.live == counter.scaled + (64 + 15) * 4
         del x, flat, reduced, alone
+
+
+def test_an_optimizer_that_needs_a_closure_is_not_stepped_in_the_replay() -> None:
+    """LBFGS reads its loss's value, which fake tensors lack: the replay runs forward and backward
+    without its step (before, it raised: step() missing 'closure')."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    call = call_inputs(model, (torch.randn(4, 8),), {})
+    call.training = True
+    lbfgs = torch.optim.LBFGS(model.parameters())
+    with_lbfgs = replay(call, [lbfgs], batch=4)
+    without = replay(call, [], batch=4, steps=with_lbfgs.steps)
+    assert with_lbfgs.predict(4) == without.predict(4) > 0
+    assert lbfgs.state == {} and all(p.grad is None for p in model.parameters())
