@@ -103,11 +103,13 @@ def test_frames_are_pandas() -> None:
 @pytest.mark.parametrize("reporter", REPORTERS, ids=lambda r: r.name)
 def test_each_reporter_is_a_keyword_of_track(reporter: Reporter, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
+    if getattr(reporter, "requires", None):  # an optional dependency (tensorboard): tested where installed
+        pytest.importorskip(reporter.requires)  # type: ignore[attr-defined]
     path = tmp_path / f"r.{reporter.name}"
     keyword: dict[str, Any] = {reporter.name: str(path)}
     with memprof.track(**keyword):
         _train(1)
-    assert path.stat().st_size > 0
+    assert (any(p.stat().st_size > 0 for p in path.iterdir()) if path.is_dir() else path.stat().st_size > 0)
     assert capsys.readouterr().err == ""  # the summary only when asked
 
 

@@ -73,15 +73,23 @@ class BackwardHook:
     def _wrap(self, original: Callable[..., Any], grad: bool) -> Callable[..., Any]:
         hook = self
 
+        get_ident = threading.get_ident
+
         @functools.wraps(original)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if hook.depth or hook.on_start is None or threading.get_ident() != hook._thread:
+            start = hook.on_start
+            if hook.depth or start is None or get_ident() != hook._thread:
                 hook.depth += 1
                 try:
                     return original(*args, **kwargs)
                 finally:
                     hook.depth -= 1
-            hook._call(hook.on_start)
+            try:  # inline, not through _call: this runs at every backward pass
+                start()
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:
+                hook._failed(e)
             hook.depth += 1
             try:
                 out = original(*args, **kwargs)
@@ -106,16 +114,6 @@ class BackwardHook:
         wrapper._memprof_backward_hook = True  # type: ignore[attr-defined]
         _skip_dynamo(wrapper.__code__)  # type: ignore[attr-defined]  # dynamo never traces memprof's wrapper
         return wrapper
-
-    def _call(self, fn: Callable[[], None] | None) -> None:
-        if fn is None:
-            return
-        try:
-            fn()
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:
-            self._failed(e)
 
     def _failed(self, e: BaseException) -> None:
         self.errors += 1

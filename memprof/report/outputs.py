@@ -86,6 +86,7 @@ class TensorBoardReporter:
 
     name: ClassVar[str] = "tensorboard"
     label: ClassVar[str] = "TensorBoard log"
+    requires: ClassVar[str] = "tensorboard"  # an optional dependency: the module it imports
     option: ClassVar[Option] = Option("--tensorboard", "write per-step memory scalars and the findings as "
                                       "TensorBoard event files into DIR (needs tensorboard)", "DIR")
     best_effort: ClassVar[bool] = True
