@@ -114,6 +114,9 @@ def _start_sleeping_run(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
         [sys.executable, "-m", "memprof", "run", "-q", "--json", str(out), str(SCRIPT), "--sleep", "30",
          "--pidfile", str(pidfile)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # Ctrl+C as a terminal delivers it, also where the tests run with SIGINT ignored (a
+        # background job of a shell without job control passes SIG_IGN on to its children).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 60
     while not pidfile.exists() and time.time() < deadline:

@@ -281,6 +281,9 @@ def test_a_signal_handlers_exception_inside_the_hook_reaches_the_user(hook: Modu
         raise raised()
 
     old = signal.signal(signal.SIGTERM, stop)
+    # Python's own Ctrl+C handler, also where this process was started with SIGINT ignored (a
+    # background job of a shell without job control).
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     ledger = hook.Ledger()
     hook.install(ledger, site, None, None)
     try:
@@ -291,6 +294,7 @@ def test_a_signal_handlers_exception_inside_the_hook_reaches_the_user(hook: Modu
     finally:
         hook.uninstall()
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     errors = hook.error_count()
     x = torch.ones(2**14)
     hook.install(ledger, lambda: (_ for _ in ()).throw(ValueError("a bug")), None, None)  # an ordinary error: counted
