@@ -204,7 +204,8 @@ def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
                   module: nn.Module | None = None) -> int | None:
     """The batch size of a call of ``module`` (None: the last model described): its first tensor
     input's size along the batch dimension decided for that model and rank (:func:`locate`)."""
-    t = first_tensor(args, depth=3)
+    # The common call, model(x): no walk of the arguments (this runs at every watched step).
+    t = args[0] if args and type(args[0]) is torch.Tensor else first_tensor(args, depth=3)
     if t is None and kwargs:
         t = first_tensor(kwargs, depth=3)
     if t is None:

@@ -282,8 +282,12 @@ class Boundaries:
         probes = self._probes
         roots = self.session.modules.roots
         n = len(roots)
-        if n == self._probed_models and probes and all(r() is not None for r in probes):
-            return probes
+        if n == self._probed_models and probes:
+            for r in probes:
+                if r() is None:
+                    break
+            else:
+                return probes
         found: list[torch.Tensor] = []
         if n:
             for m in list(roots.values())[:MAX_MODELS_PROBED]:
