@@ -8,15 +8,15 @@ lowest and the highest end, so that a chart or the growth detector sees the same
 every step. When the buckets are full, neighbours merge (each bucket then covers twice as many
 steps): about 4 x BUCKETS steps stay between the head and the tail.
 
-A step is a row of compact arrays (a preallocated ring, about 60 bytes a step), never a Python
-object per step; records are made for the steps kept, when asked for. A step's end is at most its
+A step is a row (a tuple in a preallocated ring of the tail's size), never a record object per
+step, and the memory is the same at any length; records are made for the steps kept, when asked
+for. A step's end is at most its
 peak (the memory alive at its end was alive during the step): a larger end was measured at
 another moment, and is cut to the peak.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections import deque
 from collections.abc import Iterator
 
@@ -30,6 +30,7 @@ DETAILED_LAST = 256
 
 DETAILED, EVAL = 1, 2  # a row's flags
 _NONE = -1  # an absent batch size or CUDA figure, in a row
+_EMPTY = (0, 0, 0, 0, _NONE, 0.0, _NONE, _NONE)  # a ring slot not written yet
 
 # index, flags, peak, end, batch size (-1: none), seconds, CUDA allocated peak, CUDA reserved (-1: none)
 Row = tuple[int, int, int, int, int, float, int, int]
@@ -111,15 +112,9 @@ class StepHistory:
         self.seconds = 0.0  # every step's, kept or not
         self._head: list[Row] = []
         self.buckets = Buckets(buckets)
-        # The tail: a ring of rows, one array per field, allocated once.
-        self._idx = array("q", bytes(8 * tail))
-        self._flags = array("b", bytes(tail))
-        self._peak = array("q", bytes(8 * tail))
-        self._end = array("q", bytes(8 * tail))
-        self._batch = array("q", bytes(8 * tail))
-        self._secs = array("d", bytes(8 * tail))
-        self._cpeak = array("q", bytes(8 * tail))
-        self._cres = array("q", bytes(8 * tail))
+        # The tail: a ring of rows, allocated once (a row is one tuple: one store a step, where a
+        # column per field cost eight).
+        self._ring: list[Row] = [_EMPTY] * tail
         self._detailed_first: list[IterationRecord] = []
         self._detailed_first_size = detailed_first
         self._detailed_last: deque[IterationRecord] = deque(maxlen=detailed_last)
@@ -163,13 +158,11 @@ class StepHistory:
             self._head.append(row)
         slot = n % self.tail_size
         if n >= self.tail_size and n - self.tail_size >= self.head_size:  # it leaves the tail, not in the head
-            self.buckets.add(self._row(slot))
-        (self._idx[slot], self._flags[slot], self._peak[slot], self._end[slot], self._batch[slot],
-         self._secs[slot], self._cpeak[slot], self._cres[slot]) = row
+            self.buckets.add(self._ring[slot])
+        self._ring[slot] = row
 
     def _row(self, slot: int) -> Row:
-        return (self._idx[slot], self._flags[slot], self._peak[slot], self._end[slot], self._batch[slot],
-                self._secs[slot], self._cpeak[slot], self._cres[slot])
+        return self._ring[slot]
 
     # -- the last step ----------------------------------------------------------------------------
     def last(self) -> IterationRecord | None:
@@ -186,21 +179,17 @@ class StepHistory:
             return
         self._cache = None
         slot = (self.count - 1) % self.tail_size
-        if peak is not None:
-            self._peak[slot] = peak
-        if end is not None:
-            self._end[slot] = end
-        if cuda_peak is not None:
-            self._cpeak[slot] = cuda_peak
-        if cuda_reserved is not None:
-            self._cres[slot] = cuda_reserved
-        if self._end[slot] > self._peak[slot]:
-            self._end[slot] = self._peak[slot]
+        index, flags, old_peak, old_end, batch, seconds, old_cpeak, old_cres = self._ring[slot]
+        new_peak = old_peak if peak is None else peak
+        new_end = old_end if end is None else end
+        row = (index, flags, new_peak, min(new_end, new_peak), batch, seconds,
+               old_cpeak if cuda_peak is None else cuda_peak, old_cres if cuda_reserved is None else cuda_reserved)
+        self._ring[slot] = row
         if self.count <= self.head_size:
-            self._head[-1] = self._row(slot)
+            self._head[-1] = row
         rec = self._last_record
         if rec is not None:
-            rec.peak_bytes, rec.end_bytes = self._peak[slot], self._end[slot]
+            rec.peak_bytes, rec.end_bytes = row[2], row[3]
             if cuda_peak is not None:
                 rec.cuda_allocated_peak = cuda_peak
             if cuda_reserved is not None:
@@ -211,8 +200,8 @@ class StepHistory:
         n = self.count
         first = max(since, n - self.tail_size, 0)
         for k in range(first, n):
-            slot = k % self.tail_size
-            yield self._idx[slot], self._secs[slot], self._peak[slot]
+            row = self._ring[k % self.tail_size]
+            yield row[0], row[5], row[2]
 
     # -- reading ----------------------------------------------------------------------------------
     def records(self) -> list[IterationRecord]:

@@ -66,8 +66,9 @@ class Session:
         self.boundaries = Boundaries(self)
         self.modules = ModuleCollector(self.tracker, self.boundaries.on_model_call, self._on_model_output)
         self.forwards = ForwardTracker(self._on_forward_dead, self._on_forward_backward)
-        self.backward_hook = BackwardHook(self.guard(self.boundaries.on_backward_start),
-                                          self.guard(self.boundaries.on_backward_end))
+        # Not through guard(): the hook catches its callbacks' errors itself (told at stop), and
+        # this runs at every backward pass.
+        self.backward_hook = BackwardHook(self.boundaries.on_backward_start, self.boundaries.on_backward_end)
         self.cuda = CudaCollector(backend=cuda_backend) if cuda_backend is not None else CudaCollector()
         self.doctor = Doctor()
         self.doctor.tracker_refs = self.tracker.live_refs
