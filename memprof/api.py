@@ -53,12 +53,6 @@ def track(
             write_outputs(session.report, paths, summary=summary)
 
 
-def steps_peak(session: Session, since: int = 0) -> int:
-    """The highest peak among a running session's steps from step ``since`` on (of its last 512
-    steps; 0: none yet): an epoch's peak, where ``session.progress()`` has the run's so far."""
-    return max((peak for _, _, peak in session.steps.history.recent(since)), default=0)
-
-
 @overload
 def profile(fn: F) -> F: ...
 @overload

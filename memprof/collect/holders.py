@@ -232,9 +232,6 @@ class Walk:
         for frame in frames:
             if frame.f_code.co_name == "<module>":
                 module_globals.add(id(frame.f_globals))
-                # Its variables are named as such: the namespace itself (IPython's user_ns, which
-                # the shell reaches from get_ipython) is no container holding them.
-                self.seen.add(id(frame.f_globals))
         for frame in frames:
             scope = Scope.of(frame)
             for name, value in frame_locals(frame):

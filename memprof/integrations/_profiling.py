@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memprof.api import steps_peak, track
+from memprof.api import track
 from memprof.model.paths import is_user_file
 from memprof.report.outputs import write_outputs
 from memprof.units import fmt_bytes
@@ -85,7 +85,7 @@ class Profiling:
         if self._session is None:
             return
         try:
-            self._peak = max(self._peak, steps_peak(self._session, since=self._polled))
+            self._peak = max(self._peak, self._session.steps_peak(since=self._polled))
             self._polled = self._session.progress().steps
         except Exception:
             pass

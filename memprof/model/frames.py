@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from memprof.model.categories import CATEGORIES
+
 if TYPE_CHECKING:
     from memprof.model.report import Report
 
@@ -14,7 +16,7 @@ def steps_frame(report: Report) -> Any:
 
     cols = ["index", "peak_bytes", "end_bytes", "batch_size", "seconds", "phase", "detailed"]
     # A detailed step's end by category, as columns (empty for watched steps).
-    categories = ["parameters", "gradients", "optimizer_state", "activations", "other"]
+    categories = [c.value for c in CATEGORIES]
     rows = []
     for s in report.steps:
         row = asdict(s)

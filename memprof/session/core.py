@@ -96,13 +96,22 @@ class Session:
     def iterations(self) -> list[Any]:
         return self.steps.iterations
 
+    @property
+    def peak_so_far(self) -> int:
+        """The run's peak until now: the tracker's, or the CUDA allocator's where it is higher."""
+        return max(int(self.tracker.peak), int(self.steps.run_peak_cuda or 0))
+
     def progress(self) -> Progress:
         """How the run stands now: its steps, its peak so far and the findings so far (cheap: no
         analysis runs; the report at the end has the rest)."""
         with self.lock:
-            peak = max(int(self.tracker.peak), int(self.steps.run_peak_cuda or 0))
-            return Progress(steps=self.steps.count, peak_bytes=peak, budget_bytes=self.config.budget_bytes,
-                            findings=list(self.doctor.findings))
+            return Progress(steps=self.steps.count, peak_bytes=self.peak_so_far,
+                            budget_bytes=self.config.budget_bytes, findings=list(self.doctor.findings))
+
+    def steps_peak(self, since: int = 0) -> int:
+        """The highest peak among the steps from step ``since`` on (of the last 512 kept whole; 0:
+        none yet): an epoch's peak, where :meth:`progress` has the run's so far."""
+        return max((peak for _, _, peak in self.steps.history.recent(since)), default=0)
 
     # -- lifetime ------------------------------------------------------------------------------
     def start(self) -> Session:

@@ -71,7 +71,7 @@ class Publisher:
                 status=report.status.value if (final and report) else "running",
                 step=history.count, phase=s.steps.phase, batch_size=last.batch_size if last else None,
                 current_bytes=last.end_bytes if last else tracker.live,
-                peak_bytes=max(tracker.peak, s.steps.run_peak_cuda), budget_bytes=s.config.budget_bytes,
+                peak_bytes=s.peak_so_far, budget_bytes=s.config.budget_bytes,
                 device=device, peak_step=tracker.peak_step,
                 breakdown=dict(zip((c.value for c in CATEGORIES), tracker.peak_cat, strict=True)),
                 samples=samples, step_marks=[x.t for x in samples], report_path=s.config.report_path,

@@ -7,19 +7,17 @@ a fresh one per run); prints one JSON list of peak live bytes, in order.
 """
 import contextlib
 import gc
-import importlib.util
 import io
 import json
 import runpy
 import sys
 
+import groundtruth_tool  # beside this script (its folder is sys.path[0])
+
 
 def main() -> None:
     tool, script, *rest = sys.argv[1:]
-    spec = importlib.util.spec_from_file_location("groundtruth", tool)
-    assert spec is not None and spec.loader is not None
-    gt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gt)
+    gt = groundtruth_tool.load(tool)
     runs: list[list[str]] = [[]]
     for a in rest:
         if a == "---":

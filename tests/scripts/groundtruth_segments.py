@@ -4,7 +4,6 @@
 Usage: GROUNDTRUTH_OUT=out.json python groundtruth_segments.py GROUNDTRUTH_PY SCRIPT [ARGS...]
 Writes {"peak_bytes": ..., "segments": [peak of each stretch, ...]}.
 """
-import importlib.util
 import json
 import os
 import runpy
@@ -12,13 +11,12 @@ import sys
 
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import groundtruth_tool  # beside this script (its folder is sys.path[0])
+
 
 def main() -> None:
     tool, script, *args = sys.argv[1:]
-    spec = importlib.util.spec_from_file_location("groundtruth", tool)
-    assert spec is not None and spec.loader is not None
-    gt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gt)
+    gt = groundtruth_tool.load(tool)
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     lb = gt.LiveBytes()
