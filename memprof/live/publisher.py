@@ -67,6 +67,7 @@ class LivePublisher:
         self._closed = False
         self._inode: int | None = None
         self.clients = 0  # connected readers, for display
+        self.accepted = 0  # readers accepted so far: a new one wants a fresh state soon
         self.sent = 0  # lines sent, all clients together
 
     # -- set-up -------------------------------------------------------------------------------
@@ -251,6 +252,7 @@ class LivePublisher:
             clients[conn.fileno()] = client
             sel.register(conn, selectors.EVENT_READ, "client")
             self.clients = len(clients)
+            self.accepted += 1
 
     @staticmethod
     def _readable(client: _Client) -> bool:

@@ -10,7 +10,9 @@ steps): about 4 x BUCKETS steps stay between the head and the tail.
 
 A step is a row (a tuple in a preallocated ring of the tail's size), never a record object per
 step, and the memory is the same at any length; records are made for the steps kept, when asked
-for. A step's end is at most its
+for. Watched steps come in runs of the same figures (the latest a counter gave): a run is one
+list of step times until something reads the history, then stored at once, its middle at one
+look per bucket and run (:meth:`StepHistory.add_watched`: a list append a step). A step's end is at most its
 peak (the memory alive at its end was alive during the step): a larger end was measured at
 another moment, and is cut to the peak.
 """
@@ -97,6 +99,21 @@ class Buckets:
         if end > e[3][3]:
             e[3] = row
 
+    def add_rows(self, rows: list[Row]) -> None:
+        """Rows in order, as :meth:`add` each: a row of the same peak and end as the one added
+        before it in its bucket cannot be an extreme (a tie keeps the row there), and is only
+        counted (watched steps come in such runs)."""
+        last_b, last_peak, last_end = -1, -1, -1
+        for row in rows:
+            base = self.base
+            if base is not None and row[2] == last_peak and row[3] == last_end \
+                    and (row[0] - base) // self.width == last_b:
+                self.steps += 1
+                continue
+            self.add(row)
+            assert self.base is not None
+            last_b, last_peak, last_end = (row[0] - self.base) // self.width, row[2], row[3]
+
     def rows(self) -> Iterator[Row]:
         for e in self.extremes:
             yield from e
@@ -108,8 +125,11 @@ class StepHistory:
     def __init__(self, head: int = HEAD_STEPS, tail: int = TAIL_STEPS, buckets: int = BUCKETS,
                  detailed_first: int = DETAILED_FIRST, detailed_last: int = DETAILED_LAST) -> None:
         self.head_size, self.tail_size = head, tail
-        self.count = self.eval_count = self.detailed_count = 0
-        self.seconds = 0.0  # every step's, kept or not
+        self._count = self._eval_count = self.detailed_count = 0
+        self._seconds = 0.0  # every step's, kept or not
+        # The open run of watched steps: its first row (the same figures for all) and their times.
+        self._run: Row | None = None
+        self._run_seconds: list[float] = []
         self._head: list[Row] = []
         self.buckets = Buckets(buckets)
         # The tail: a ring of rows, allocated once (a row is one tuple: one store a step, where a
@@ -122,10 +142,70 @@ class StepHistory:
         self._last_record: IterationRecord | None = None  # the last step, when it has a record
         self._cache: list[IterationRecord] | None = None
 
+    @property
+    def count(self) -> int:
+        """Steps added, kept or not."""
+        return self._count + len(self._run_seconds)
+
+    @property
+    def eval_count(self) -> int:
+        self.flush()
+        return self._eval_count
+
+    @property
+    def seconds(self) -> float:
+        """Every step's time, summed."""
+        self.flush()
+        return self._seconds
+
     # -- adding -----------------------------------------------------------------------------------
+    def add_watched(self, index: int, flags: int, peak: int, end: int, batch: int | None, seconds: float) -> None:
+        """A watched step's row, the cheap way: a step of the open run's figures whose index
+        follows is one append; the run is stored when anything reads the history."""
+        run = self._run
+        if batch is None:
+            batch = _NONE
+        if (run is not None and run[2] == peak and run[4] == batch and run[1] == flags and run[3] == min(end, peak)
+                and run[0] + len(self._run_seconds) == index):
+            self._run_seconds.append(seconds)
+            return
+        self.flush()
+        self._run = (index, flags, peak, min(end, peak), batch, 0.0, _NONE, _NONE)
+        self._run_seconds = [seconds]
+        self._last_record = None
+        self._cache = None
+
+    def flush(self) -> None:
+        """Store the open run of watched steps."""
+        run = self._run
+        if run is None:
+            return
+        secs = self._run_seconds
+        self._run, self._run_seconds = None, []
+        index, flags, peak, end, batch = run[:5]
+        rows = [(index + j, flags, peak, end, batch, t, _NONE, _NONE) for j, t in enumerate(secs)]
+        n0, k, head, tail = self._count, len(rows), self.head_size, self.tail_size
+        self._count = n0 + k
+        self._seconds += sum(secs)
+        if flags & EVAL:
+            self._eval_count += k
+        if n0 < head:
+            self._head.extend(rows[:head - n0])
+        # The rows that leave the tail for the buckets: counts [lo, hi), older ones from the ring.
+        ring = self._ring
+        lo, hi = max(n0 - tail, head, 0), n0 + k - tail
+        if hi > lo:
+            leaving = [ring[c % tail] for c in range(lo, min(hi, n0))]
+            if hi > n0:
+                leaving += rows[max(0, lo - n0):hi - n0]
+            self.buckets.add_rows(leaving)
+        for c in range(max(n0, hi), n0 + k):
+            ring[c % tail] = rows[c - n0]
+
     def add(self, index: int, flags: int, peak: int, end: int, batch: int | None, seconds: float,
             cuda_peak: int | None = None, cuda_reserved: int | None = None) -> None:
         """One step's row (a watched step: no record is made)."""
+        self.flush()
         if end > peak:
             end = peak
         self._push((index, flags, peak, end, _NONE if batch is None else batch, seconds,
@@ -134,6 +214,7 @@ class StepHistory:
 
     def add_record(self, rec: IterationRecord) -> None:
         """A step with a record (a detailed one): its row, and the record if it is to be kept."""
+        self.flush()
         if rec.end_bytes > rec.peak_bytes:
             rec.end_bytes = rec.peak_bytes
         self._push(row_of(rec))
@@ -149,11 +230,11 @@ class StepHistory:
 
     def _push(self, row: Row) -> None:
         self._cache = None
-        n = self.count
-        self.count = n + 1
-        self.seconds += row[5]
+        n = self._count
+        self._count = n + 1
+        self._seconds += row[5]
         if row[1] & EVAL:
-            self.eval_count += 1
+            self._eval_count += 1
         if n < self.head_size:
             self._head.append(row)
         slot = n % self.tail_size
@@ -166,7 +247,8 @@ class StepHistory:
 
     # -- the last step ----------------------------------------------------------------------------
     def last(self) -> IterationRecord | None:
-        if not self.count:
+        self.flush()
+        if not self._count:
             return None
         if self._last_record is not None:
             return self._last_record
@@ -175,7 +257,8 @@ class StepHistory:
     def set_last(self, peak: int | None = None, end: int | None = None, cuda_peak: int | None = None,
                  cuda_reserved: int | None = None) -> None:
         """Correct the last step's figures (its record's too); its end stays at most its peak."""
-        if not self.count:
+        self.flush()
+        if not self._count:
             return
         self._cache = None
         slot = (self.count - 1) % self.tail_size
@@ -197,7 +280,8 @@ class StepHistory:
 
     def recent(self, since: int) -> Iterator[tuple[int, float, int]]:
         """(index, seconds, peak) of the steps from ``since`` on that are still in the tail, in order."""
-        n = self.count
+        self.flush()
+        n = self._count
         first = max(since, n - self.tail_size, 0)
         for k in range(first, n):
             row = self._ring[k % self.tail_size]
@@ -206,6 +290,7 @@ class StepHistory:
     # -- reading ----------------------------------------------------------------------------------
     def records(self) -> list[IterationRecord]:
         """The steps kept, in order of index: records where kept, else made from their rows."""
+        self.flush()
         if self._cache is not None:
             return self._cache
         rows: dict[int, Row] = {r[0]: r for r in self._head}

@@ -90,7 +90,8 @@ def run_data(session: Session) -> RunData:
     tracker = s.tracker
     dev = s.cuda.device() if s.cuda.active else None
     steps = s.steps
-    peak = steps.run_peak_cuda if s.cuda.active and steps.run_peak_cuda else tracker.peak
+    # CUDA: the allocator's peak; CPU: the tracker's, or the CPU counter's where watched steps went higher.
+    peak = steps.run_peak_cuda if s.cuda.active and steps.run_peak_cuda else max(tracker.peak, steps.run_peak_cpu)
     return RunData(
         iterations=steps.iterations, peak_bytes=peak,
         breakdown_at_peak={c.value: tracker.peak_cat[i] for i, c in enumerate(CATEGORIES)},

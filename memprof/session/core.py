@@ -33,6 +33,7 @@ from memprof.analyze import Doctor
 from memprof.collect import ophook
 from memprof.collect.autograd import BackwardHook
 from memprof.collect.census import live_objects, live_tensors, reachable_tensors
+from memprof.collect.cpu_counter import CpuCounter
 from memprof.collect.cuda import CudaBackend, CudaCollector
 from memprof.collect.graphs import ForwardTracker
 from memprof.collect.modules import ModuleCollector, RootCall
@@ -70,6 +71,7 @@ class Session:
         # this runs at every backward pass.
         self.backward_hook = BackwardHook(self.boundaries.on_backward_start, self.boundaries.on_backward_end)
         self.cuda = CudaCollector(backend=cuda_backend) if cuda_backend is not None else CudaCollector()
+        self.cpu_counter = CpuCounter()  # started with the op hook, where it is built (CPU runs)
         self.doctor = Doctor()
         self.doctor.tracker_refs = self.tracker.live_refs
         self.steps = Steps(self)
@@ -98,8 +100,9 @@ class Session:
 
     @property
     def peak_so_far(self) -> int:
-        """The run's peak until now: the tracker's, or the CUDA allocator's where it is higher."""
-        return max(int(self.tracker.peak), int(self.steps.run_peak_cuda or 0))
+        """The run's peak until now: the tracker's, or where higher the CUDA allocator's, or the CPU
+        counter's for watched steps."""
+        return max(int(self.tracker.peak), int(self.steps.run_peak_cuda or 0), self.steps.run_peak_cpu)
 
     def progress(self) -> Progress:
         """How the run stands now: its steps, its peak so far and the findings so far (cheap: no
@@ -134,6 +137,8 @@ class Session:
         self._handles.append(register_optimizer_step_pre_hook(self.guard(self.boundaries.before_optimizer_step)))
         self._handles.append(register_optimizer_step_post_hook(self.guard(self.boundaries.after_optimizer_step)))
         self._choose_tracker()
+        if not self.cuda.active:
+            self._start_cpu_counter()
         self.tracker.peak_watch = self.lingering.on_peak
         self.tracker.peak_watch_share = LINGER_MIN_SHARE  # below it the watch names nothing: not called
         self.tracker.on_over_limit = lambda n: self.oom.on_oom(n, "memory-limit")
@@ -165,6 +170,16 @@ class Session:
             return
         self.modules.tracker = self.tracker
         self.doctor.tracker_refs = self.tracker.live_refs
+
+    def _start_cpu_counter(self) -> None:
+        """Watch mode's running peak on CPU: the op hook's allocator counter, where it is built."""
+        if ophook.mode() == "0":
+            return
+        try:
+            self.cpu_counter = CpuCounter(ophook.load(build=False))
+            self.cpu_counter.start()
+        except Exception as e:
+            self.warn(f"CPU allocator counter unavailable: {e!r}")
 
     def _adopt_existing(self) -> None:
         """Count what exists before the session (``track()`` inside a program) as pre-loop memory."""
@@ -203,6 +218,7 @@ class Session:
         self.modules.close()
         self.forwards.enabled = False
         self.cuda.stop()
+        self.cpu_counter.stop()
         self.tracker.peak_watch = None
         self.report = build_report(self, status, exc, exit_code)
         self.publisher.publish(final=True)

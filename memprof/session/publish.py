@@ -15,10 +15,18 @@ if TYPE_CHECKING:
     from memprof.session.core import Session
 
 
+# How often the live state is rebuilt (at a boundary): 10 times a second while someone reads it
+# (`memprof monitor`, `--tui`) or has just connected, else every IDLE_PERIOD seconds, so that a
+# reader who connects finds a recent state, and a run nobody watches pays ~0.05% for it, not ~1%.
+READ_PERIOD = 0.1
+IDLE_PERIOD = 2.0
+
+
 class Publisher:
     def __init__(self, session: Session) -> None:
         self.session = session
         self._channel: Any = None  # memprof.live's publisher, when started
+        self._accepted = 0  # the channel's readers accepted, at the last publish
         self._published_upto = 0
         self._published_t = 0.0
         self._samples: collections.deque[LiveSample] = collections.deque(maxlen=300)
@@ -42,9 +50,19 @@ class Publisher:
             except Exception:
                 pass
 
+    def due(self, since: float) -> bool:
+        """Whether a state is due, ``since`` seconds after the last one (see READ_PERIOD)."""
+        channel = self._channel
+        if channel is None:
+            return False
+        if since >= IDLE_PERIOD:
+            return True
+        return since >= READ_PERIOD and (channel.clients > 0 or channel.accepted != self._accepted)
+
     def publish(self, final: bool = False) -> None:
         if self._channel is None:
             return
+        self._accepted = self._channel.accepted
         s = self.session
         try:
             from memprof.live.state import LiveSample, LiveState

@@ -3,7 +3,8 @@
 :mod:`memprof.session.boundaries` says where iterations end; this module records them. A detailed
 iteration is measured op by op by the storage tracker; a watched one gets a row of figures (no
 object) and, at the check's pace, one look at a counter: the CUDA allocator's bytes in use and peak,
-or on CPU the C heap's bytes, whose change since the last detailed step moves the watched figures.
+or on CPU the op hook's count of the CPU allocator's bytes (their highest since the last look:
+exact), else the C heap's bytes; their change since the last detailed step moves the watched figures.
 The steps are kept in bounded memory (:class:`~memprof.model.history.StepHistory`), so a run of
 any length has a report of bounded size and a stop of bounded time.
 """
@@ -43,6 +44,11 @@ class Steps:
         # The latest figures known (peak, end): a watched step's until a counter says otherwise.
         self._figures = (0, 0)
         self._heap_base: int | None = None  # the C heap's bytes at the last detailed step's end
+        # The CPU counter's bytes, the tracker's live bytes and the step's peak at the last detailed
+        # step's end: a watched step's figures are the tracker's then, moved by what the counter
+        # counted since.
+        self._counter_base: tuple[int, int, int] | None = None  # (counted, live, the step's peak)
+        self.run_peak_cpu = 0  # the highest the CPU counter saw in watched steps, as the tracker counts
 
     @property
     def iterations(self) -> list[IterationRecord]:
@@ -104,7 +110,7 @@ class Steps:
         self._maybe_publish(time.perf_counter())
 
     def _maybe_publish(self, now: float) -> None:
-        if now - self._last_publish > 0.1:
+        if now - self._last_publish > 0.1 and self.session.publisher.due(now - self._last_publish):
             self._last_publish = now
             self.session.publisher.publish()
 
@@ -115,7 +121,7 @@ class Steps:
         now = time.perf_counter()
         seconds = now - self._t0
         peak, end = self._figures
-        self.history.add(self.index, EVAL if phase == "eval" else 0, peak, end, self.batch, seconds)
+        self.history.add_watched(self.index, EVAL if phase == "eval" else 0, peak, end, self.batch, seconds)
         if seconds >= 0.002:
             self._next_check = now
         self.index += 1
@@ -134,8 +140,9 @@ class Steps:
 
     def _check(self) -> None:
         """The watched step just recorded, from a counter: on CUDA the allocator's bytes in use
-        and its peak since the last look (exact); on CPU what detail last measured, moved by the C
-        heap's change since then (an estimate; changes under the watch margin are noise)."""
+        and its peak since the last look (exact); on CPU what detail last measured, moved by what
+        the CPU counter counted since (exact), or else by the C heap's change since then (an
+        estimate; changes under the watch margin are noise)."""
         s = self.session
         cuda = s.cuda
         if cuda.active:
@@ -149,6 +156,8 @@ class Steps:
                     cuda.backend.reset_peak(cuda.index)
                 except Exception:
                     pass
+            return
+        if self._counted_figures():
             return
         last, base = self.last_detailed, self._heap_base
         heap = heap_in_use_bytes() if base is not None else None
@@ -165,6 +174,25 @@ class Steps:
         self._figures = (peak, end)
         self.history.set_last(peak=peak, end=end)
 
+    def _counted_figures(self) -> bool:
+        """The watched steps since the last look, from the CPU counter (exact): their peak (the
+        highest since the last look) and the end now, on top of what the last detailed step
+        measured. False where the counter does not count."""
+        base = self._counter_base
+        c = self.session.cpu_counter.read(restart_peak=True) if base is not None else None
+        if c is None or base is None:
+            return False
+        (live, high), (base_counted, base_live, base_peak) = c, base
+        moved = live - base_counted
+        peak = max(base_live + high - base_counted, 0)
+        end = min(max(base_live + moved, 0), peak)
+        self.history.set_last(peak=peak, end=end)
+        self.run_peak_cpu = max(self.run_peak_cpu, peak)
+        # The steps until the next look: the last detailed step's peak, moved as memory moved (a
+        # spike since the last look is this step's, not theirs).
+        self._figures = (min(max(base_peak + moved, end), peak), end)
+        return True
+
     def finish(self) -> None:
         """At the end of the run: the run's peak takes in what watching did not count. On CUDA the
         allocator's peak since the last look; on CPU, when the run ended watching, the storages
@@ -177,6 +205,7 @@ class Steps:
             return
         if s.detail or not self.count:
             return
+        self._counted_figures()  # a tensor made and freed after the last look
         tracker = s.tracker
         try:
             for t in live_tensors():
@@ -216,6 +245,8 @@ class Steps:
             self._figures = (rec.peak_bytes, rec.end_bytes)
         if detailed and counters is None:
             self._heap_base = heap_in_use_bytes()
+            c = s.cpu_counter.read(restart_peak=True)
+            self._counter_base = (c[0], tracker.live, rec.peak_bytes) if c is not None else None
         self.history.add_record(rec)
 
     def _measure(self, rec: IterationRecord, phase: str, frame: FrameType | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType
@@ -303,3 +304,103 @@ def test_a_signal_handlers_exception_inside_the_hook_reaches_the_user(hook: Modu
     finally:
         hook.uninstall()
     assert hook.error_count() == errors + 1
+
+
+@pytest.mark.slow
+def test_the_cpu_counter_counts_every_allocation_and_free_of_the_cpu_allocator(hook: ModuleType) -> None:
+    from memprof.collect.cpu_counter import CpuCounter
+
+    counter = CpuCounter(hook)
+    assert counter.start()
+    try:
+        base = counter.read(restart_peak=True)
+        assert base is not None
+        a = torch.empty(8 << 20, dtype=torch.uint8)
+        live, peak = counter.read()  # type: ignore[misc]
+        assert live - base[0] >= 8 << 20 and peak >= live
+        del a
+        live2, peak2 = counter.read(restart_peak=True)  # type: ignore[misc]
+        assert live2 == base[0] and peak2 - base[0] >= 8 << 20  # the peak remembers it...
+        assert counter.read() == (live2, live2)  # ...until it restarts
+        # The op hook's ledger marks the counter's storages too, and their death frees them.
+        tr = NativeTracker(hook)
+        tr.start()
+        try:
+            b = torch.zeros(1000)
+            assert tr.live == 4000
+            del b
+            assert tr.live == 0
+        finally:
+            tr.stop()
+        now, high = counter.read()  # type: ignore[misc]
+        assert now == live2 and high >= live2 + 4000  # b counted at its birth and at its death
+    finally:
+        counter.stop()
+    assert not hook.cpu_counter_installed() and counter.read() is None
+
+
+@pytest.mark.slow
+def test_a_tensor_made_and_freed_inside_a_watched_step_is_in_the_peak(hook: ModuleType,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never alive at a boundary: only a count of every allocation sees it (the CPU counter)."""
+    monkeypatch.setenv("MEMPROF_OPHOOK", "auto")
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    s = Session(SessionConfig(publish=False, advise=False)).start()
+    try:
+        assert s.cpu_counter.active
+        for i in range(60):
+            loss = model(torch.ones(1, 4)).sum()
+            if i == 40:  # watched: 32 MiB made and freed between two boundaries
+                torch.ones(8 << 20).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            time.sleep(0.003)  # steps of 2 ms or more: a look at every boundary
+    finally:
+        report = s.stop()
+    assert not report.steps[40].detailed
+    assert report.peak_bytes >= 32 << 20, report.peak_bytes
+    assert report.peak_bytes < 33 << 20  # what the tracker counted plus the temporary, no more
+    assert report.steps[40].peak_bytes >= 32 << 20  # the step it was made in...
+    assert all(st.peak_bytes < 1 << 20 for st in report.steps[41:])  # ...not the steps after
+    assert not s.cpu_counter.active
+
+
+@pytest.mark.slow
+def test_between_sampled_steps_batch_scaling_is_inferred_from_where_storages_are_born(
+        hook: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The op hook reads ops' inputs only on sampled steps (boxing them costs most of its time);
+    between them a storage made where one was made from a scaling storage scales too: the word
+    language model's oneDNN LSTM workspace (flat bytes, no batch in its shape) scales on every
+    step alike (taint off there: 16 MB of the 35 MB frontier counted as fixed)."""
+    import sys
+
+    monkeypatch.setenv("MEMPROF_OPHOOK", "auto")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    from advise_models import RNNModel
+
+    torch.manual_seed(0)
+    model = RNNModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids, y = torch.randint(0, 2048, (35, 20)), torch.randint(0, 2048, (35 * 20,))
+    errors = hook.error_count()
+    s = Session(SessionConfig(script=__file__, detail="full", publish=False, advise=False)).start()
+    try:
+        assert isinstance(s.tracker, NativeTracker)
+        for _ in range(34):
+            out, _ = model(ids, model.init_hidden(20))
+            loss = nn.functional.nll_loss(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        s.stop()
+    sys.modules.pop("advise_models", None)
+    steps = {st.index: st for st in s.steps.iterations}
+    sampled, inferred = steps[32], steps[33]  # every 16th step is sampled
+    assert sampled.frontier and sampled.frontier == inferred.frontier, (sampled.frontier, inferred.frontier)
+    fixed, scaled = inferred.frontier[0]
+    assert scaled > 3 * fixed  # the workspace among what scales
+    assert hook.error_count() == errors

@@ -156,3 +156,19 @@ def test_memory_and_time_per_step_do_not_grow_with_the_run() -> None:
     t0 = time.perf_counter()
     recs = h.records()
     assert len(recs) < 4_000 and time.perf_counter() - t0 < 1.0
+
+
+def test_watched_steps_stored_as_runs_read_as_every_step() -> None:
+    """A run of watched steps of the same figures is buffered; what is read is the same as
+    adding each step's row."""
+    a, b = StepHistory(head=8, tail=8, buckets=4), StepHistory(head=8, tail=8, buckets=4)
+    i = 0
+    for figures, n in [((100, 50), 5), ((120, 60), 40), ((90, 40), 3), ((300, 10), 200), ((80, 80), 9)]:
+        for _ in range(n):
+            a.add(i, 0, figures[0], figures[1], 4, 0.001 * (i % 7))
+            b.add_watched(i, 0, figures[0], figures[1], 4, 0.001 * (i % 7))
+            i += 1
+        assert b.count == a.count == i
+    assert [(r.index, r.peak_bytes, r.end_bytes, r.seconds) for r in b.records()] == \
+        [(r.index, r.peak_bytes, r.end_bytes, r.seconds) for r in a.records()]
+    assert b.summary() == a.summary() and abs(b.seconds - a.seconds) < 1e-9

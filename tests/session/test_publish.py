@@ -11,6 +11,8 @@ from memprof.session.core import Session
 class _Channel:
     def __init__(self) -> None:
         self.states: list[Any] = []
+        self.clients = 0
+        self.accepted = 0
 
     def publish(self, state: Any) -> None:
         self.states.append(state)
@@ -30,3 +32,19 @@ def test_the_timeline_counts_every_steps_time_even_those_left_out_of_the_tail() 
     assert (last.step, last.bytes) == (4_999, 5_999)
     assert abs(last.t - 5.0) < 1e-6  # the run's time, not the tail's
     assert len(state.samples) <= 300
+
+
+def test_the_state_is_rebuilt_often_only_while_someone_reads_it() -> None:
+    s = Session(SessionConfig(publish=False, advise=False))
+    channel = _Channel()
+    s.publisher._channel = channel
+    s.publisher.publish()
+    assert not s.publisher.due(0.5)  # nobody reads: every IDLE_PERIOD only
+    assert s.publisher.due(2.5)
+    channel.accepted = 1  # a reader connected: a fresh state at once...
+    assert s.publisher.due(0.15)
+    s.publisher.publish()
+    assert not s.publisher.due(0.15)  # ...then, gone again, the idle pace
+    channel.clients = 1
+    assert s.publisher.due(0.15) and not s.publisher.due(0.05)
+

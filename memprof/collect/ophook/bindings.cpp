@@ -2,13 +2,14 @@
 //
 // The pieces: ledger.h (an entry per live storage, the running sums; ledger.cpp, scaling.cpp),
 // marks.h (a storage's entry, found by the deleter swapped at its birth), hook.h (the
-// RecordFunction callback and its calls into Python), pack.h (what autograd saves), pycalls.h
+// RecordFunction callback and its calls into Python), counter.h (the CPU allocator's bytes, counted), pack.h (what autograd saves), pycalls.h
 // (calls that take tensors or give Python tuples), categories.h (generated from
 // memprof.model.categories). Each binding below names a function or method: no logic here.
 //
 // Built on first use by memprof.collect.ophook with torch.utils.cpp_extension.
 #include <torch/csrc/utils/pybind.h>  // the casters of tensors and of the standard containers
 
+#include "counter.h"
 #include "hook.h"
 #include "ledger.h"
 #include "pack.h"
@@ -39,8 +40,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("local_peaks", &Ledger::read_local_peaks, "(live, scaled live) before each fall of this step")
       .def_property("step", &get_field<&Ledger::step>, &set_field<&Ledger::step>)
       .def_property("module", &get_field<&Ledger::module>, &set_field<&Ledger::module>)
-      .def_property("infer_saved", &get_field<&Ledger::infer_saved>, &Ledger::set_infer_saved,
-                    "the pack hook is off: storages born where saved ones were on sampled steps are activations")
+      .def_property("infer_saved", &get_field<&Ledger::infer_saved>, &memprof::set_infer_saved,
+                    "the pack hook is off: storages born where saved ones were on sampled steps are activations, and ops' "
+                    "inputs are not read (batch scaling's taint by birth too)")
       .def_property("sample_sites", &get_field<&Ledger::sample_sites>, &set_field<&Ledger::sample_sites>,
                     "look up every large storage's line (else reuse the one of the same op in an earlier step)")
       .def_property("site_min_bytes", &get_field<&Ledger::site_min_bytes>, &set_field<&Ledger::site_min_bytes>)
@@ -77,5 +79,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("install", &memprof::install, py::arg("ledger"), py::arg("site"), py::arg("foreign"), py::arg("peak"),
         "count this thread's ops into ledger; site() -> int, foreign(storage, key), peak(live)");
   m.def("uninstall", &memprof::uninstall);
+  m.def("install_cpu_counter", &memprof::install_cpu_counter,
+        "count the CPU allocator's bytes at every allocation and free; False where it cannot");
+  m.def("uninstall_cpu_counter", &memprof::uninstall_cpu_counter);
+  m.def("cpu_counter_installed", &memprof::cpu_counter_installed);
+  m.def("read_cpu_counter", &memprof::read_cpu_counter, py::arg("restart_peak") = false,
+        "(live, peak) bytes of the CPU allocator (usable sizes); restart_peak: the peak restarts at live");
   m.def("error_count", &memprof::error_count);
 }

@@ -40,6 +40,7 @@ PyObject* site_cb = nullptr;     // () -> int: the user's line, as an index (-1:
 PyObject* foreign_cb = nullptr;  // (storage, key) -> None: watch this storage's death
 PyObject* peak_cb = nullptr;     // (live) -> None: a new high of the step past the watch's mark
 at::CallbackHandle handle = 0;
+bool handle_reads_inputs = false;
 std::atomic<int64_t> errors{0};
 thread_local ThreadState tls;
 
@@ -108,6 +109,12 @@ void see(ThreadState& ts, Ledger* ledger, const at::Tensor& t, const char* op, i
     return;
   }
   if (made) {
+    if (ledger->infer_saved) {
+      derived = ledger->born_derived(e);  // no inputs read: where it was born says
+    } else if (derived) {
+      std::lock_guard<SpinLock> g(ledger->mu);
+      ledger->note_derived_locked(e);
+    }
     ledger->taint(e, derived);
     python_parts(ts, ledger, e, storage, new_high, op, out);
   }
@@ -137,7 +144,7 @@ std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
   bool derived = false;
   if (!ts.busy && ts.opaque_depth == 0) {  // its outputs will be seen: does it read the batch?
     Ledger* ledger = active_raw.load(std::memory_order_acquire);
-    if (ledger != nullptr && ledger->batch > 0) {
+    if (ledger != nullptr && ledger->batch > 0 && !ledger->infer_saved) {
       try {
         derived = reads_scaled(ledger, fn);
       } catch (const std::exception&) {
@@ -180,6 +187,15 @@ void on_end(const at::RecordFunction& fn, at::ObserverContext*) {
       }
     }
   }
+}
+
+// The callback, reading each op's inputs (for batch scaling's taint) only where asked: on sampled
+// steps. Between them the ledger infers it from where storages are born (Ledger::born_derived).
+void add_callback(bool read_inputs) {
+  handle = at::addThreadLocalCallback(
+      at::RecordFunctionCallback(on_start, on_end).needsInputs(read_inputs).needsOutputs(true).scopes(
+          {at::RecordScope::FUNCTION}));
+  handle_reads_inputs = read_inputs;
 }
 
 void set_callback(PyObject** slot, const py::object& fn) {
@@ -268,9 +284,15 @@ void install(const std::shared_ptr<Ledger>& ledger, py::object site, py::object 
   set_callback(&site_cb, site);
   set_callback(&foreign_cb, foreign);
   set_callback(&peak_cb, peak);
-  handle = at::addThreadLocalCallback(
-      at::RecordFunctionCallback(on_start, on_end).needsInputs(true).needsOutputs(true).scopes(
-          {at::RecordScope::FUNCTION}));
+  add_callback(!ledger->infer_saved);
+}
+
+void set_infer_saved(Ledger& ledger, bool on) {
+  ledger.set_infer_saved(on);
+  if (handle != 0 && &ledger == active_raw.load() && handle_reads_inputs == on) {
+    at::removeCallback(handle);
+    add_callback(!on);
+  }
 }
 
 void uninstall() {

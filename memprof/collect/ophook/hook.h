@@ -52,6 +52,10 @@ void install(const std::shared_ptr<Ledger>& ledger, pybind11::object site, pybin
              pybind11::object peak);
 void uninstall();
 
+// The pack hook rests (`on`) or runs: the ledger infers saved storages, and the callback stops
+// (or starts again) reading ops' inputs, inferring batch scaling's taint from births as well.
+void set_infer_saved(Ledger& ledger, bool on);
+
 // Errors the hook dropped rather than break the user's op (error_count tells Python).
 void count_error();
 int64_t error_count();

@@ -73,6 +73,7 @@ struct Ledger;
 struct Entry {
   std::shared_ptr<Ledger> ledger;  // a death after the tracker is gone still finds its ledger
   void* data = nullptr;            // a marked storage's memory, for the allocator's deleter
+  c10::DeleterFnPtr free_fn = nullptr;  // the deleter its mark replaced (the allocator's or the counter's)
   intptr_t key = 0;                // the StorageImpl's address, as Python's storage._cdata
   int64_t nbytes = 0;
   int64_t seq = 0;
@@ -83,6 +84,7 @@ struct Entry {
   const char* birth_name = nullptr;  // the op that made it
   int32_t birth_out = -1;      // which of the op's outputs it is (-1: not known yet, saved before its op ended)
   bool saved_pending = false;  // saved before its op ended: its key is noted when the op ends
+  bool derived_pending = false;  // made from a scaling storage before its op ended: noted then too
   int8_t category = OTHER;
   int8_t dtype = 0;
   bool scaled = false;
@@ -134,6 +136,12 @@ struct Ledger : std::enable_shared_from_this<Ledger> {
   // saved on a sampled step (same op, same place in the step, same bytes) is an activation.
   bool infer_saved = false;
   std::unordered_set<SiteKey, SiteKeyHash> saved_births;
+  // Batch scaling between sampled steps, where the op hook reads no op's inputs (boxing them costs
+  // more than the rest of the hook): a storage born where one made from a scaling storage was
+  // born on a sampled step (see SiteKey) is made from one too (taint).
+  std::unordered_set<SiteKey, SiteKeyHash> derived_births;
+  void note_derived_locked(const Entry* e);
+  bool born_derived(const Entry* e);  // takes the lock
   // Batch scaling (memprof.collect.storage.StorageTracker._scales): written by Python, rarely.
   int64_t batch = 0;
   std::unordered_set<int64_t> fixed_numels;

@@ -1,6 +1,8 @@
 // Marking storages and making their entries (marks.h).
 #include "marks.h"
 
+#include "counter.h"
+
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/InferenceMode.h>
@@ -39,7 +41,14 @@ bool mark(c10::StorageImpl* s, Entry* e) {
   if (data == nullptr || dp.get_context() != data) return false;
   {
     std::lock_guard<SpinLock> g(marks.mu);
-    if (!dp.compare_exchange_deleter(marks.cpu_deleter, &on_death)) return false;
+    // The allocator's own deleter, or the CPU counter's (counter.h): on_death calls the one it had.
+    if (dp.compare_exchange_deleter(marks.cpu_deleter, &on_death)) {
+      e->free_fn = marks.cpu_deleter;
+    } else if (dp.compare_exchange_deleter(&counted_delete, &on_death)) {
+      e->free_fn = &counted_delete;
+    } else {
+      return false;
+    }
     marks.by_data[data] = e;
   }
   e->data = data;
@@ -51,12 +60,14 @@ bool mark(c10::StorageImpl* s, Entry* e) {
 
 void prepare_marks() {
   if (marks.cpu_deleter != nullptr) return;
-  marks.cpu_deleter = at::empty({1}).storage().data_ptr().get_deleter();
+  c10::DeleterFnPtr d = at::empty({1}).storage().data_ptr().get_deleter();
+  marks.cpu_deleter = d == &counted_delete ? counted_inner_deleter() : d;  // the allocator's, not the counter's
   pthread_atfork(nullptr, nullptr, &unlock_marks_in_child);
 }
 
 void on_death(void* data) {
   Entry* e = nullptr;
+  c10::DeleterFnPtr release = marks.cpu_deleter;
   {
     std::lock_guard<SpinLock> g(marks.mu);
     auto it = marks.by_data.find(data);
@@ -66,13 +77,14 @@ void on_death(void* data) {
     }
   }
   if (e != nullptr) {
+    if (e->free_fn != nullptr) release = e->free_fn;
     if (auto ledger = e->ledger) {
       std::lock_guard<SpinLock> g(ledger->mu);
       ledger->remove_locked(e);
     }
     delete e;
   }
-  marks.cpu_deleter(data);
+  release(data);
 }
 
 c10::StorageImpl* storage_of(const at::Tensor& t) {

@@ -41,6 +41,21 @@ void Ledger::note_saved_locked(Entry* e) {
 void Ledger::note_output_locked(Entry* e, const char* op, int32_t out) {
   e->birth_out = out;
   if (e->saved_pending) saved_births.insert(SiteKey{e->birth_op, op, e->nbytes, out});
+  if (e->derived_pending) {
+    e->derived_pending = false;
+    note_derived_locked(e);
+  }
+}
+
+void Ledger::note_derived_locked(const Entry* e) {
+  if (!e->birth_known()) return;
+  if (derived_births.size() > kMaxSavedBirths) derived_births.clear();
+  derived_births.insert(e->birth_site());
+}
+
+bool Ledger::born_derived(const Entry* e) {
+  std::lock_guard<SpinLock> g(mu);
+  return e->birth_known() && derived_births.count(e->birth_site()) > 0;
 }
 
 void Ledger::set_infer_saved(bool on) {
@@ -66,7 +81,11 @@ at::Tensor pack(const std::shared_ptr<Ledger>& ledger, const at::Tensor& t) {
       // Born here, before its op ends: its key is the one the callback would give it at the end.
       ThreadState& ts = this_thread();
       Entry* e = find_or_add(l, s, t, OTHER, l->step, &made, &new_high, l->op_index + 1, ts.running_op());
-      if (made) l->taint(e, !ts.derived_stack.empty() && ts.derived_stack.back());
+      const bool derived = !ts.derived_stack.empty() && ts.derived_stack.back();
+      if (made) {
+        l->taint(e, derived);
+        if (derived) e->derived_pending = true;  // its site is known when its op ends
+      }
       {
         std::lock_guard<SpinLock> g(l->mu);
         l->note_saved_locked(e);
