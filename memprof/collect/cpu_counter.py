@@ -13,6 +13,8 @@ Known limitations:
 - Sizes are the C heap's usable sizes (a few bytes over a tensor's for small ones): only
   differences are read, added to what the storage tracker measured exactly.
 - Storages of other allocators (pinned, shared memory from DataLoader workers) are not counted.
+- Once installed, the CPU allocator's slot keeps priority 1 after the session: a library that
+  sets its own CPU allocator later at the default priority 0 is refused by c10.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@
 // (bytes made since a detailed step), never a total. About 20 ns an allocation.
 //
 // Known limitations: storages of other allocators (pinned, shared memory) are not counted; one
-// made before the counter was installed is not counted when it is freed either.
+// made before the counter was installed is not counted when it is freed either. Once the counter
+// has been installed, the CPU allocator's slot has priority 1: a library setting its own CPU
+// allocator afterwards at priority 0 (the default) is refused by c10, as it would be by any
+// allocator set at a higher priority.
 #pragma once
 
 #include <c10/core/Allocator.h>
