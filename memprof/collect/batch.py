@@ -211,7 +211,7 @@ def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
     if t is None:
         return None
     n = t.dim()
-    if n == 0 or (n == 1 and t.is_floating_point()):  # unbatched(t), inline
+    if n == 0 or unbatched(t):
         return None
     loc = _last[0] if module is None else _ROOTS.get(id(module))
     if loc is None:

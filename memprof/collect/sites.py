@@ -6,7 +6,6 @@ import sys
 import threading
 from types import FrameType
 
-from memprof.model.paths import _cache as _user_files
 from memprof.model.paths import is_user_file
 
 __all__ = ["is_user_file", "main_thread_frame", "user_frame", "user_frames"]
@@ -14,11 +13,8 @@ __all__ = ["is_user_file", "main_thread_frame", "user_frame", "user_frames"]
 
 def user_frame(frame: FrameType | None) -> FrameType | None:
     """The innermost user frame at or above ``frame``."""
-    known = _user_files  # is_user_file()'s cache, read here first: this runs at every model call
     while frame is not None:
-        name = frame.f_code.co_filename
-        hit = known.get(name)
-        if hit or (hit is None and is_user_file(name)):
+        if is_user_file(frame.f_code.co_filename):
             return frame
         frame = frame.f_back
     return None

@@ -12,9 +12,9 @@ A step is a row (a tuple in a preallocated ring of the tail's size), never a rec
 step, and the memory is the same at any length; records are made for the steps kept, when asked
 for. Watched steps come in runs of the same figures (the latest a counter gave): a run is one
 list of step times until something reads the history, then stored at once, its middle at one
-look per bucket and run (:meth:`StepHistory.add_watched`: a list append a step). A step's end is at most its
-peak (the memory alive at its end was alive during the step): a larger end was measured at
-another moment, and is cut to the peak.
+look per bucket and run (:meth:`StepHistory.add_watched`: a list append a step). A step's end is
+at most its peak (the memory alive at its end was alive during the step): a larger end was
+measured at another moment, and is cut to the peak.
 """
 
 from __future__ import annotations
@@ -165,12 +165,14 @@ class StepHistory:
         run = self._run
         if batch is None:
             batch = _NONE
-        if (run is not None and run[2] == peak and run[4] == batch and run[1] == flags and run[3] == min(end, peak)
+        if end > peak:
+            end = peak
+        if (run is not None and run[2] == peak and run[3] == end and run[4] == batch and run[1] == flags
                 and run[0] + len(self._run_seconds) == index):
             self._run_seconds.append(seconds)
             return
         self.flush()
-        self._run = (index, flags, peak, min(end, peak), batch, 0.0, _NONE, _NONE)
+        self._run = (index, flags, peak, end, batch, 0.0, _NONE, _NONE)
         self._run_seconds = [seconds]
         self._last_record = None
         self._cache = None
@@ -242,9 +244,6 @@ class StepHistory:
             self.buckets.add(self._ring[slot])
         self._ring[slot] = row
 
-    def _row(self, slot: int) -> Row:
-        return self._ring[slot]
-
     # -- the last step ----------------------------------------------------------------------------
     def last(self) -> IterationRecord | None:
         self.flush()
@@ -252,7 +251,7 @@ class StepHistory:
             return None
         if self._last_record is not None:
             return self._last_record
-        return record_of(self._row((self.count - 1) % self.tail_size))
+        return record_of(self._ring[(self._count - 1) % self.tail_size])
 
     def set_last(self, peak: int | None = None, end: int | None = None, cuda_peak: int | None = None,
                  cuda_reserved: int | None = None) -> None:
@@ -297,7 +296,7 @@ class StepHistory:
         for r in self.buckets.rows():
             rows[r[0]] = r
         for k in range(max(0, self.count - self.tail_size), self.count):
-            r = self._row(k % self.tail_size)
+            r = self._ring[k % self.tail_size]
             rows[r[0]] = r
         kept: dict[int, IterationRecord] = {rec.index: rec for rec in self._detailed_first}
         kept.update((rec.index, rec) for rec in self._detailed_last)

@@ -56,7 +56,7 @@ import torch
 
 from memprof.collect.autograd import graph_leaves
 from memprof.collect.census import live_objects
-from memprof.collect.modules import RootCall, batch_size_of
+from memprof.collect.modules import RootCall, batch_size_of, call_site
 from memprof.collect.sites import user_frame
 from memprof.model.run import ForwardRecord
 
@@ -307,21 +307,7 @@ class Boundaries:
 
     def _take_snapshot(self, outputs: Any, inputs: Any) -> list[tuple[weakref.ref[torch.Tensor], int, int, int]] | None:
         snap = []
-        probes = self._probes
-        if len(self.session.modules.roots) != self._probed_models or not probes:
-            probes = self._probe_tensors(outputs, inputs)
-        for ref in probes:
-            p = ref()
-            if p is None:  # a probe died: probe afresh
-                return self._snapshot_of(self._probe_tensors(outputs, inputs))
-            g = p.grad
-            snap.append((ref, p._version, id(g) if g is not None else 0, g._version if g is not None else -1))
-        return snap or None
-
-    @staticmethod
-    def _snapshot_of(probes: list[weakref.ref[torch.Tensor]]) -> list[tuple[weakref.ref[torch.Tensor], int, int, int]] | None:
-        snap = []
-        for ref in probes:
+        for ref in self._probe_tensors(outputs, inputs):
             p = ref()
             if p is not None:
                 g = p.grad
@@ -368,8 +354,7 @@ class Boundaries:
                     s.steps.batch = batch_size_of(args, kwargs)
                 return None
             frame = sys._getframe(1)
-            user = user_frame(frame)
-            site = (id(user.f_code), user.f_lasti) if user is not None else (0, 0)  # call_site(), inline
+            site = call_site(user_frame(frame))
             mode = (torch.is_grad_enabled(), module.training)
             key = id(module)
             prev = self._called.get(key)
@@ -386,11 +371,7 @@ class Boundaries:
                 self._cut(phase, frame)
                 if phase == "train":  # the call opens the next step: in watch mode, the cheap path
                     prev = None  # (an evaluation's next call is followed: its graph may be dropped)
-            # _note_call(), inline: this runs at every model call
-            self._called[key] = (self.backwards, site)
-            self._calls += 1
-            self._grad_calls += mode[0]
-            self._last_call_mode = mode
+            self._note_call(key, site, mode)
             if not s.detail and (prev is None or (phase is None and self._presumed())):
                 # Watch mode, the model's first call in this iteration: the common case, kept cheap;
                 # its call site still marks where an evaluation loop's next iteration begins. Or a

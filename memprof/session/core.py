@@ -24,6 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -136,9 +137,9 @@ class Session:
             self.warn(f"CUDA collector disabled: {e}")
         self._handles.append(register_optimizer_step_pre_hook(self.guard(self.boundaries.before_optimizer_step)))
         self._handles.append(register_optimizer_step_post_hook(self.guard(self.boundaries.after_optimizer_step)))
-        self._choose_tracker()
-        if not self.cuda.active:
-            self._start_cpu_counter()
+        hook = self._choose_tracker()
+        if hook is not None and not self.cuda.active:
+            self._start_cpu_counter(hook)
         self.tracker.peak_watch = self.lingering.on_peak
         self.tracker.peak_watch_share = LINGER_MIN_SHARE  # below it the watch names nothing: not called
         self.tracker.on_over_limit = lambda n: self.oom.on_oom(n, "memory-limit")
@@ -153,30 +154,30 @@ class Session:
             self.publisher.start()
         return self
 
-    def _choose_tracker(self) -> None:
+    def _choose_tracker(self) -> ModuleType | None:
         """The C++ ledger where the op hook is built (``--detail full`` builds it), else Python's.
-        ``--memory-limit`` on CPU raises inside ops: only the Python tracker, a dispatch mode, can."""
+        ``--memory-limit`` on CPU raises inside ops: only the Python tracker, a dispatch mode, can
+        (detail then stays on: no CPU counter is needed). Returns the op hook, where loaded."""
         if self.tracker.limit is not None:
-            return
+            return None
         hook = ophook.load(build=self.config.detail == "full", log=_stderr_line)
         if hook is None:
             if self.config.detail == "full" and ophook.failure():
                 self.warn(f"C++ op hook unavailable, detail runs in Python (slower): {ophook.failure()}")
-            return
+            return None
         try:
             self.tracker = NativeTracker(hook)
         except Exception as e:  # an op hook built from an older source: Python's tracker does the job
             self.warn(f"C++ op hook unusable, detail runs in Python (slower): {e!r}")
-            return
+            return None
         self.modules.tracker = self.tracker
         self.doctor.tracker_refs = self.tracker.live_refs
+        return hook
 
-    def _start_cpu_counter(self) -> None:
-        """Watch mode's running peak on CPU: the op hook's allocator counter, where it is built."""
-        if ophook.mode() == "0":
-            return
+    def _start_cpu_counter(self, hook: ModuleType) -> None:
+        """Watch mode's running peak on CPU: the op hook's allocator counter."""
         try:
-            self.cpu_counter = CpuCounter(ophook.load(build=False))
+            self.cpu_counter = CpuCounter(hook)
             self.cpu_counter.start()
         except Exception as e:
             self.warn(f"CPU allocator counter unavailable: {e!r}")

@@ -110,7 +110,7 @@ class Steps:
         self._maybe_publish(time.perf_counter())
 
     def _maybe_publish(self, now: float) -> None:
-        if now - self._last_publish > 0.1 and self.session.publisher.due(now - self._last_publish):
+        if self.session.publisher.due(now - self._last_publish):
             self._last_publish = now
             self.session.publisher.publish()
 
