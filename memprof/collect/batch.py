@@ -210,16 +210,17 @@ def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
         t = first_tensor(kwargs, depth=3)
     if t is None:
         return None
-    n = t.dim()
-    if n == 0 or unbatched(t):
+    shape = t.shape  # a torch.Size: its entries are ints
+    n = len(shape)
+    if n == 0 or (n == 1 and unbatched(t)):
         return None
     loc = _last[0] if module is None else _ROOTS.get(id(module))
     if loc is None:
-        return int(t.shape[0])
+        return shape[0]
     d = loc.dims.get(n)
     if d is None:
         d = loc.preferred if n > loc.preferred else 0
-    return int(t.shape[d])
+    return shape[d]
 
 
 _SIMPLE = (type(None), bool, int, float, str)

@@ -133,7 +133,7 @@ class ModuleCollector:
     def __init__(
         self,
         tracker: StorageTracker | NativeTracker,
-        on_root_call: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], RootCall | None],
+        on_root_call: Callable[[nn.Module, tuple[Any, ...], dict[str, Any], FrameType | None], RootCall | None],
         on_root_output: Callable[[RootCall, Any], None],
     ) -> None:
         self.tracker = tracker
@@ -146,6 +146,7 @@ class ModuleCollector:
         self._retired: dict[tuple[str, str], ModuleStats] = {}  # the records of modules that died, by name
         self._alive: dict[int, weakref.KeyedRef[int, nn.Module]] = {}
         self._root_refs: dict[int, weakref.KeyedRef[int, nn.Module]] = {}  # roots, read at each root call
+        self.roots_changed = 0  # counts roots adopted and dead: what was derived from them is stale
         self._on_death = self._forget  # one bound method for every weak reference
         self.stack: list[ModuleStats] = []
         # Weak: memprof must not keep a user's model alive past its last use.
@@ -232,6 +233,7 @@ class ModuleCollector:
             return False  # a loss or an activation called on its own: not a model, not an iteration
         self.roots[id(module)] = module
         self._root_refs[id(module)] = self._alive[id(module)]
+        self.roots_changed += 1
         return True
 
     def _known(self, module: nn.Module) -> bool:
@@ -255,7 +257,8 @@ class ModuleCollector:
 
     def _forget_key(self, key: int) -> None:
         self._alive.pop(key, None)
-        self._root_refs.pop(key, None)
+        if self._root_refs.pop(key, None) is not None:
+            self.roots_changed += 1
         self.names.pop(key, None)
         st = self.stats.pop(key, None)
         if st is not None:  # one record per name: a loss module made at each step is one module
@@ -296,7 +299,7 @@ class ModuleCollector:
         gate.busy = True
         call = None
         try:
-            call = self.on_root_call(module, args, kwargs)
+            call = self.on_root_call(module, args, kwargs, sys._getframe(1).f_back)  # the layer's caller
         except torch.OutOfMemoryError:
             gate.busy = gate.top is None or None
             raise

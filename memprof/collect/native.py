@@ -36,8 +36,8 @@ from typing import Any
 import torch
 
 from memprof.model.categories import OTHER, PERSISTENT, PRE_LOOP
-from memprof.model.paths import _cache as _user_files
 from memprof.model.paths import is_user_file
+from memprof.model.paths import judged as _user_files
 
 
 class StorageInfo:

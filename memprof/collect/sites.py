@@ -6,7 +6,7 @@ import sys
 import threading
 from types import FrameType
 
-from memprof.model.paths import is_user_file
+from memprof.model.paths import is_user_file, judged
 
 __all__ = ["is_user_file", "main_thread_frame", "user_frame", "user_frames"]
 
@@ -14,7 +14,9 @@ __all__ = ["is_user_file", "main_thread_frame", "user_frame", "user_frames"]
 def user_frame(frame: FrameType | None) -> FrameType | None:
     """The innermost user frame at or above ``frame``."""
     while frame is not None:
-        if is_user_file(frame.f_code.co_filename):
+        name = frame.f_code.co_filename
+        hit = judged.get(name)  # at every model call: a lookup per frame, a call only for a new file
+        if hit or (hit is None and is_user_file(name)):
             return frame
         frame = frame.f_back
     return None

@@ -130,6 +130,8 @@ class StepHistory:
         # The open run of watched steps: its first row (the same figures for all) and their times.
         self._run: Row | None = None
         self._run_seconds: list[float] = []
+        self._run_key: tuple[int, int, int, int] | None = None  # the open run's (flags, peak, end, batch)...
+        self._run_next = -1  # ...and the index its next step would have
         self._head: list[Row] = []
         self.buckets = Buckets(buckets)
         # The tail: a ring of rows, allocated once (a row is one tuple: one store a step, where a
@@ -162,17 +164,18 @@ class StepHistory:
     def add_watched(self, index: int, flags: int, peak: int, end: int, batch: int | None, seconds: float) -> None:
         """A watched step's row, the cheap way: a step of the open run's figures whose index
         follows is one append; the run is stored when anything reads the history."""
-        run = self._run
         if batch is None:
             batch = _NONE
         if end > peak:
             end = peak
-        if (run is not None and run[2] == peak and run[3] == end and run[4] == batch and run[1] == flags
-                and run[0] + len(self._run_seconds) == index):
+        if index == self._run_next and (flags, peak, end, batch) == self._run_key:
             self._run_seconds.append(seconds)
+            self._run_next = index + 1
             return
         self.flush()
         self._run = (index, flags, peak, end, batch, 0.0, _NONE, _NONE)
+        self._run_key = (flags, peak, end, batch)
+        self._run_next = index + 1
         self._run_seconds = [seconds]
         self._last_record = None
         self._cache = None
@@ -183,7 +186,7 @@ class StepHistory:
         if run is None:
             return
         secs = self._run_seconds
-        self._run, self._run_seconds = None, []
+        self._run, self._run_seconds, self._run_key, self._run_next = None, [], None, -1
         index, flags, peak, end, batch = run[:5]
         rows = [(index + j, flags, peak, end, batch, t, _NONE, _NONE) for j, t in enumerate(secs)]
         n0, k, head, tail = self._count, len(rows), self.head_size, self.tail_size

@@ -30,7 +30,9 @@ _COMPILED = re.compile(r"\.(cpp|cc|cxx|c|h|hpp|cu|cuh|so)$")
 # here), or a copy of the package beside the installed one (its folder has an __init__.py). A
 # user's own folder that is merely called "memprof" is neither.
 _PACKAGE_SEGMENT = re.compile(r"^(.*?[\\/](?:torch|memprof|_pytest|pluggy))[\\/]")
-_cache: dict[str, bool] = {}
+# Each filename judged so far: read inline where frames are walked at every step (a dict lookup
+# there, not a call of is_user_file per frame).
+judged: dict[str, bool] = {}
 NOTEBOOK_CELL = "<ipython-input-"
 
 
@@ -41,9 +43,9 @@ def is_library_file(filename: str) -> bool:
 
 def is_user_file(filename: str) -> bool:
     """True for the user's own source files (cached per filename: called on hot paths)."""
-    hit = _cache.get(filename)
+    hit = judged.get(filename)
     if hit is None:
-        hit = _cache[filename] = _judge(filename)
+        hit = judged[filename] = _judge(filename)
     return hit
 
 

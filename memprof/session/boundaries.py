@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -165,7 +166,6 @@ class Boundaries:
         self.session = session
         self.in_loop = False  # the first model call (or backward) opened the first iteration
         self.backwards = 0  # backward passes ended, in the run
-        self.root_calls = 0
         self.primary_optimizer: int | None = None  # id() of the optimizer whose steps are iterations
         self._primary_ref: weakref.ref[torch.optim.Optimizer] | None = None
         self._others: set[int] = set()  # other optimizers that stepped since the primary's last step
@@ -279,18 +279,10 @@ class Boundaries:
     def _probe_tensors(self, outputs: Any, inputs: Any) -> list[weakref.ref[torch.Tensor]]:
         """Parameters to watch for updates: the first and last trainable ones of each model, or,
         without a model, leaves of the graph just backpropagated."""
-        probes = self._probes
-        roots = self.session.modules.roots
-        n = len(roots)
-        if n == self._probed_models and probes:
-            for r in probes:
-                if r() is None:
-                    break
-            else:
-                return probes
+        modules = self.session.modules
         found: list[torch.Tensor] = []
-        if n:
-            for m in list(roots.values())[:MAX_MODELS_PROBED]:
+        if modules.roots:
+            for m in list(modules.roots.values())[:MAX_MODELS_PROBED]:
                 trainable = [p for p in m.parameters() if p.requires_grad]
                 found += trainable[:1] + trainable[1:][-1:]
         else:
@@ -302,16 +294,26 @@ class Boundaries:
             else:
                 found = graph_leaves(outputs, want=PROBES_PER_MODEL)
         self._probes = probes = [weakref.ref(p) for p in found]
-        self._probed_models = n
+        self._probed_models = modules.roots_changed
         return probes
 
-    def _take_snapshot(self, outputs: Any, inputs: Any) -> list[tuple[weakref.ref[torch.Tensor], int, int, int]] | None:
+    def _take_snapshot(self, outputs: Any, inputs: Any, again: bool = False,
+                       ) -> list[tuple[weakref.ref[torch.Tensor], int, int, int]] | None:
+        """The probes' versions and gradients now (at every backward's end: one loop over the
+        probes, found again where the models changed or, once, where a probe died)."""
+        probes = self._probes
+        if not probes or self._probed_models != self.session.modules.roots_changed:
+            probes = self._probe_tensors(outputs, inputs)
         snap = []
-        for ref in self._probe_tensors(outputs, inputs):
+        for ref in probes:
             p = ref()
-            if p is not None:
-                g = p.grad
-                snap.append((ref, p._version, id(g) if g is not None else 0, g._version if g is not None else -1))
+            if p is None:
+                if again:
+                    continue
+                self._probes = []
+                return self._take_snapshot(outputs, inputs, True)
+            g = p.grad
+            snap.append((ref, p._version, id(g) if g is not None else 0, g._version if g is not None else -1))
         return snap or None
 
     def _updated(self) -> bool:
@@ -338,13 +340,14 @@ class Boundaries:
         return not self._optimizer_holds
 
     # -- model calls -----------------------------------------------------------------------------------
-    def on_model_call(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RootCall | None:
-        """A call of a model. Returns the call when its output is to be followed."""
+    def on_model_call(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      caller: FrameType | None) -> RootCall | None:
+        """A call of a model from the frame ``caller``. Returns the call when its output is to be
+        followed."""
         s = self.session
         if s.stopped:
             return None
         try:
-            self.root_calls += 1
             if self._stepping or self._in_backward:
                 # Inside an optimizer's step (LBFGS's closure, Lightning's training step) or a
                 # backward (a checkpoint's recomputation): part of that step, never a boundary.
@@ -353,22 +356,21 @@ class Boundaries:
                 if s.steps.batch is None and not self._in_backward:
                     s.steps.batch = batch_size_of(args, kwargs)
                 return None
-            frame = sys._getframe(1)
-            site = call_site(user_frame(frame))
+            site = call_site(user_frame(caller))
             mode = (torch.is_grad_enabled(), module.training)
             key = id(module)
             prev = self._called.get(key)
-            changed = mode != self._last_call_mode
+            last_mode = self._last_call_mode
             if not self.in_loop:
                 self.in_loop = True
-                call = self._follow(module, args, kwargs, changed)
+                call = self._follow(module, args, kwargs, mode != last_mode)
                 s.steps.begin(0)
                 s.steps.batch = call.batch_size
                 self._note_call(key, site, mode)
                 return call
             phase = self._boundary_before(key, site, mode, prev)
             if phase is not None:
-                self._cut(phase, frame)
+                self._cut(phase, caller)
                 if phase == "train":  # the call opens the next step: in watch mode, the cheap path
                     prev = None  # (an evaluation's next call is followed: its graph may be dropped)
             self._note_call(key, site, mode)
@@ -380,7 +382,7 @@ class Boundaries:
                 if steps.batch is None:
                     steps.batch = batch_size_of(args, kwargs)
                 return None
-            return self._follow(module, args, kwargs, changed)
+            return self._follow(module, args, kwargs, mode != last_mode)
         except Exception as e:
             s.warn(f"internal error at a model call: {e!r}", tb=True)
             return None

@@ -20,7 +20,7 @@ def test_modules_are_named_and_measured() -> None:
     calls: list[Any] = []
     outputs: list[Any] = []
 
-    def on_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RootCall:
+    def on_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], caller: Any) -> RootCall:
         call = collector.make_call(module, args, kwargs)
         calls.append(call)
         return call
@@ -52,7 +52,7 @@ def test_modules_are_named_and_measured() -> None:
 def test_modules_without_parameters_are_not_iterations() -> None:
     tracker = StorageTracker()
     seen: list[nn.Module] = []
-    collector = ModuleCollector(tracker, lambda m, a, k: seen.append(m), lambda c, o: None)  # type: ignore[arg-type,func-returns-value]
+    collector = ModuleCollector(tracker, lambda m, a, k, f: seen.append(m), lambda c, o: None)  # type: ignore[arg-type,func-returns-value]
     loss_fn = nn.MSELoss()
     with tracker:
         collector.enable_detail()
@@ -76,7 +76,7 @@ def test_a_model_call_is_described_again_when_what_it_depends_on_changes() -> No
     """The description of a call (for the advisor's replay) is reused while a loop calls the model
     with tensors of the same shapes, and made anew for a new shape, dtype, mode or argument kind."""
     tracker = StorageTracker()
-    collector = ModuleCollector(tracker, lambda m, a, k: collector.make_call(m, a, k), lambda c, o: None)
+    collector = ModuleCollector(tracker, lambda m, a, k, f: collector.make_call(m, a, k), lambda c, o: None)
     net = nn.Linear(4, 2)
     collector._adopt_root(net, None)
 
@@ -117,7 +117,7 @@ def _following() -> tuple[ModuleCollector, list[Any], list[Any]]:
     calls: list[Any] = []
     outputs: list[Any] = []
 
-    def on_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RootCall:
+    def on_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], caller: Any) -> RootCall:
         calls.append(module)
         return collector.make_call(module, args, kwargs)
 
