@@ -127,11 +127,11 @@ class StepHistory:
         self.head_size, self.tail_size = head, tail
         self._count = self._eval_count = self.detailed_count = 0
         self._seconds = 0.0  # every step's, kept or not
-        # The open run of watched steps: its first row (the same figures for all) and their times.
-        self._run: Row | None = None
+        # The open run of watched steps: their figures (flags, peak, end, batch: the same for all),
+        # the first one's index, and their times.
+        self._run: tuple[int, int, int, int] | None = None
+        self._run_first = 0
         self._run_seconds: list[float] = []
-        self._run_key: tuple[int, int, int, int] | None = None  # the open run's (flags, peak, end, batch)...
-        self._run_next = -1  # ...and the index its next step would have
         self._head: list[Row] = []
         self.buckets = Buckets(buckets)
         # The tail: a ring of rows, allocated once (a row is one tuple: one store a step, where a
@@ -168,14 +168,13 @@ class StepHistory:
             batch = _NONE
         if end > peak:
             end = peak
-        if index == self._run_next and (flags, peak, end, batch) == self._run_key:
-            self._run_seconds.append(seconds)
-            self._run_next = index + 1
+        secs = self._run_seconds
+        if (flags, peak, end, batch) == self._run and index == self._run_first + len(secs):
+            secs.append(seconds)
             return
         self.flush()
-        self._run = (index, flags, peak, end, batch, 0.0, _NONE, _NONE)
-        self._run_key = (flags, peak, end, batch)
-        self._run_next = index + 1
+        self._run = (flags, peak, end, batch)
+        self._run_first = index
         self._run_seconds = [seconds]
         self._last_record = None
         self._cache = None
@@ -186,8 +185,9 @@ class StepHistory:
         if run is None:
             return
         secs = self._run_seconds
-        self._run, self._run_seconds, self._run_key, self._run_next = None, [], None, -1
-        index, flags, peak, end, batch = run[:5]
+        self._run, self._run_seconds = None, []
+        index = self._run_first
+        flags, peak, end, batch = run
         rows = [(index + j, flags, peak, end, batch, t, _NONE, _NONE) for j, t in enumerate(secs)]
         n0, k, head, tail = self._count, len(rows), self.head_size, self.tail_size
         self._count = n0 + k

@@ -185,7 +185,7 @@ class Boundaries:
         # Updates by hand, while no optimizer has stepped:
         self._snapshot: list[tuple[weakref.ref[torch.Tensor], int, int, int]] | None = None
         self._probes: list[weakref.ref[torch.Tensor]] = []
-        self._probed_models = -1
+        self._probed_at = -1  # the models' roots_changed when the probes were found
         self._optimizer_holds: bool | None = None  # whether an optimizer holds the models' parameters
         self._each_backward = False  # no update ever seen: each backward pass ends an iteration
 
@@ -294,7 +294,7 @@ class Boundaries:
             else:
                 found = graph_leaves(outputs, want=PROBES_PER_MODEL)
         self._probes = probes = [weakref.ref(p) for p in found]
-        self._probed_models = modules.roots_changed
+        self._probed_at = modules.roots_changed
         return probes
 
     def _take_snapshot(self, outputs: Any, inputs: Any, again: bool = False,
@@ -302,7 +302,7 @@ class Boundaries:
         """The probes' versions and gradients now (at every backward's end: one loop over the
         probes, found again where the models changed or, once, where a probe died)."""
         probes = self._probes
-        if not probes or self._probed_models != self.session.modules.roots_changed:
+        if not probes or self._probed_at != self.session.modules.roots_changed:
             probes = self._probe_tensors(outputs, inputs)
         snap = []
         for ref in probes:
