@@ -211,6 +211,11 @@ class Cell:
     cpu_ratios: list[float] = field(default_factory=list)
     steps_per_block: int = 0
     detailed_in_block: list[int] = field(default_factory=list)  # memprof: steps run in detail, per block
+    # Plain blocks before any tool ran in the process and after all of them (CPU time): what a tool
+    # leaves behind (torch state on the thread, a hook not removed) slows plain code too, which the
+    # paired ratio cannot show (its plain blocks pay it as well).
+    pristine_cpu_ms: float = 0.0
+    after_cpu_ms: float = 0.0
     error: str | None = None
 
 
@@ -234,6 +239,7 @@ def timed_block(trainer: Trainer, steps: int, step: Callable[[], None] | None = 
 
 
 MIN_STEPS = 8
+PLAIN_CHECK_BLOCKS = 5  # plain blocks before the first round and after the last
 
 
 def steps_for(trainer: Trainer, block_seconds: float) -> int:
@@ -252,6 +258,7 @@ def measure_model(model: str, tools: list[str], rounds: int, block_seconds: floa
     timed: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
     detailed: dict[str, list[int]] = {t: [] for t in tools}
     errors: dict[str, str] = {}
+    pristine = [timed_block(trainer, n)[1] for _ in range(PLAIN_CHECK_BLOCKS)]
     for r in range(rounds):
         order = tools[r % len(tools):] + tools[: r % len(tools)]  # rotate, so no tool always goes first
         for name in order:
@@ -282,6 +289,8 @@ def measure_model(model: str, tools: list[str], rounds: int, block_seconds: floa
             timed[name].append(q)
             log(f"  {model:9s} {name:15s} round {r + 1}/{rounds}: plain {p[0] * 1e3:8.3f} ms  "
                 f"tool {q[0] * 1e3:8.3f} ms  x{q[0] / p[0]:.3f} wall  x{q[1] / max(p[1], 1e-12):.3f} cpu")
+    gc.collect()
+    after = [timed_block(trainer, n)[1] for _ in range(PLAIN_CHECK_BLOCKS)]
     cells = []
     med = statistics.median
     for name in tools:
@@ -296,6 +305,7 @@ def measure_model(model: str, tools: list[str], rounds: int, block_seconds: floa
             plain_cpu_ms=med(p[1] for p in plain[name]) * 1e3, tool_cpu_ms=med(q[1] for q in timed[name]) * 1e3,
             cpu_ratio=med(cpu_ratios), cpu_ratios=[round(x, 4) for x in cpu_ratios],
             steps_per_block=n_tool[name], detailed_in_block=detailed[name], error=errors.get(name),
+            pristine_cpu_ms=med(pristine) * 1e3, after_cpu_ms=med(after) * 1e3,
         ))
     return cells
 
@@ -505,6 +515,14 @@ def render(cells: list[Cell], startup: Startup | None, report: ReportBuild | Non
         lines.append("memprof's default mode re-arms detail periodically (2 steps after 16, 32, 64, ... watched steps): "
                      + "; ".join(f"{c.model}: {statistics.median(c.detailed_in_block):g} of {c.steps_per_block} timed "
                                  "steps per block in detail" for c in counts) + ".")
+    left = [c for c in cells if c.tool == tools[0] and c.pristine_cpu_ms and c.ratios]
+    if left:
+        lines.append("")
+        lines.append(f"Plain code after the tools' sessions (median of {PLAIN_CHECK_BLOCKS} plain blocks after the last round "
+                     "over as many before the first, CPU time: what a tool leaves in the process slows plain code "
+                     "too, and the paired ratio cannot show it): "
+                     + "; ".join(f"{c.model} x{c.after_cpu_ms / c.pristine_cpu_ms:.3f} ({c.pristine_cpu_ms:.3f} -> "
+                                 f"{c.after_cpu_ms:.3f} ms)" for c in left) + ".")
     lines.append("")
     lines.append("Models: " + "; ".join(f"{m}: {ALL_WORKLOADS[m].description}" for m in models)
                  + ". Adam (where the loop has an optimizer and says no other), PyTorch's default implementation "

@@ -281,14 +281,18 @@ class ModuleCollector:
     # layer passes calls straight on (a root called inside another root is not an iteration).
     def _top_call(self, inner: Callable[..., Any], module: nn.Module, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
-        if _compiling() or _mode_of(_FAKE) is not None or _jit_tracing() or _in_backward() != -1:
-            # Dynamo tracing the layer (``torch.compile``), a replay on fake tensors, a
-            # ``torch.jit.trace``, a checkpoint's recomputation in backward: not the run's calls.
+        if _compiling():  # Dynamo tracing the layer (``torch.compile``): nothing of memprof's is traced
             return inner(module, *args, **kwargs)
         ref = self._root_refs.get(id(module))
-        if ref is None or ref() is not module:
-            if not self.detail or self.stack or self._known(module):
-                return inner(module, *args, **kwargs)  # not a model, or one to adopt in detail
+        root = ref is not None and ref() is module
+        if not root and (not self.detail or self.stack or self._known(module)):
+            return inner(module, *args, **kwargs)  # not a model (a loss), or one to adopt in detail
+        if _mode_of(_FAKE) is not None or _jit_tracing() or _in_backward() != -1:
+            # A replay on fake tensors, a ``torch.jit.trace``, a checkpoint's recomputation in
+            # backward: not the run's calls. (Checked for models only: a loss module's call, at
+            # every step, passes on above without these three.)
+            return inner(module, *args, **kwargs)
+        if not root:
             try:  # detail, a module called at the top that we have not seen: a new root?
                 adopted = self._adopt_root(module, user_frame(sys._getframe(2)))
             except Exception:

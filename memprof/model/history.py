@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from itertools import groupby, repeat
+from operator import itemgetter
 
 from memprof.model.run import IterationRecord
 
@@ -36,6 +38,7 @@ _EMPTY = (0, 0, 0, 0, _NONE, 0.0, _NONE, _NONE)  # a ring slot not written yet
 
 # index, flags, peak, end, batch size (-1: none), seconds, CUDA allocated peak, CUDA reserved (-1: none)
 Row = tuple[int, int, int, int, int, float, int, int]
+_figures = itemgetter(2, 3)  # a row's (peak, end)
 
 
 def _opt(v: int | None) -> int:
@@ -54,6 +57,27 @@ def record_of(row: Row) -> IterationRecord:
         index=index, phase="eval" if flags & EVAL else "train", detailed=bool(flags & DETAILED),
         peak_bytes=peak, end_bytes=end, batch_size=None if batch == _NONE else batch, seconds=seconds,
         cuda_allocated_peak=None if cpeak == _NONE else cpeak, cuda_reserved=None if cres == _NONE else cres)
+
+
+def _ring_read(ring: list[Row], a: int, b: int) -> list[Row]:
+    """The rows of counts [a, b) in a ring (at most its size of them), in order: one or two slices."""
+    if b <= a:
+        return []
+    size = len(ring)
+    i, n = a % size, b - a
+    return ring[i:i + n] if i + n <= size else ring[i:] + ring[:i + n - size]
+
+
+def _ring_write(ring: list[Row], a: int, rows: list[Row]) -> None:
+    """Store rows from count ``a`` on (at most the ring's size of them): one or two slices."""
+    size, n = len(ring), len(rows)
+    i = a % size
+    if i + n <= size:
+        ring[i:i + n] = rows
+    else:
+        split = size - i
+        ring[i:] = rows[:split]
+        ring[:n - split] = rows[split:]
 
 
 def _merge(a: list[Row], b: list[Row]) -> list[Row]:
@@ -100,19 +124,25 @@ class Buckets:
             e[3] = row
 
     def add_rows(self, rows: list[Row]) -> None:
-        """Rows in order, as :meth:`add` each: a row of the same peak and end as the one added
-        before it in its bucket cannot be an extreme (a tie keeps the row there), and is only
-        counted (watched steps come in such runs)."""
-        last_b, last_peak, last_end = -1, -1, -1
-        for row in rows:
-            base = self.base
-            if base is not None and row[2] == last_peak and row[3] == last_end \
-                    and (row[0] - base) // self.width == last_b:
-                self.steps += 1
-                continue
-            self.add(row)
+        """Rows in order, as :meth:`add` each. Watched steps come in runs of the same peak and end:
+        in a bucket only a run's first row can be an extreme (a tie keeps the row there), so a run
+        is looked at once per bucket it covers, its other rows only counted."""
+        for _, group in groupby(rows, key=_figures):  # grouped and listed in C, not row by row
+            run = list(group)
+            first = run[0]
+            self.add(first)
             assert self.base is not None
-            last_b, last_peak, last_end = (row[0] - self.base) // self.width, row[2], row[3]
+            base = self.base
+            last_b = (first[0] - base) // self.width
+            if (run[-1][0] - base) // self.width == last_b:  # the common case: one bucket
+                self.steps += len(run) - 1
+                continue
+            for row in run[1:]:
+                if (row[0] - base) // self.width == last_b:
+                    self.steps += 1
+                    continue
+                self.add(row)
+                last_b = (row[0] - base) // self.width
 
     def rows(self) -> Iterator[Row]:
         for e in self.extremes:
@@ -188,8 +218,11 @@ class StepHistory:
         self._run, self._run_seconds = None, []
         index = self._run_first
         flags, peak, end, batch = run
-        rows = [(index + j, flags, peak, end, batch, t, _NONE, _NONE) for j, t in enumerate(secs)]
-        n0, k, head, tail = self._count, len(rows), self.head_size, self.tail_size
+        k = len(secs)
+        # The run's rows, made in C (zip, repeat) rather than one by one.
+        rows: list[Row] = list(zip(range(index, index + k), repeat(flags), repeat(peak), repeat(end),
+                                   repeat(batch), secs, repeat(_NONE), repeat(_NONE)))
+        n0, head, tail = self._count, self.head_size, self.tail_size
         self._count = n0 + k
         self._seconds += sum(secs)
         if flags & EVAL:
@@ -200,12 +233,12 @@ class StepHistory:
         ring = self._ring
         lo, hi = max(n0 - tail, head, 0), n0 + k - tail
         if hi > lo:
-            leaving = [ring[c % tail] for c in range(lo, min(hi, n0))]
+            leaving = _ring_read(ring, lo, min(hi, n0))
             if hi > n0:
                 leaving += rows[max(0, lo - n0):hi - n0]
             self.buckets.add_rows(leaving)
-        for c in range(max(n0, hi), n0 + k):
-            ring[c % tail] = rows[c - n0]
+        start = max(n0, hi)
+        _ring_write(ring, start, rows[start - n0:])
 
     def add(self, index: int, flags: int, peak: int, end: int, batch: int | None, seconds: float,
             cuda_peak: int | None = None, cuda_reserved: int | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from memprof._version import __version__
 from memprof.advise import advise
+from memprof.collect.aside import run_aside
 from memprof.collect.replay import ReplaySet, make_replays
 from memprof.model.categories import CATEGORIES, PRE_LOOP
 from memprof.model.report import (
@@ -46,9 +47,8 @@ class Replays:
         logged: list[str] = []
         try:
             with kept_quiet() as logged:  # torch's fake-tensor tracebacks: the report's, not stderr's
-                self.replays = make_replays(
-                    list(s.modules.last_inputs.values()), s.optimizers.live(), s.modules.records(),
-                    sources=[s.config.script])
+                calls, optimizers, modules = list(s.modules.last_inputs.values()), s.optimizers.live(), s.modules.records()
+                self.replays = run_aside(lambda: make_replays(calls, optimizers, modules, sources=[s.config.script]))
         except Exception as e:
             s.warn(f"the advisor's replay failed: {e!r}"[:300])
         finally:

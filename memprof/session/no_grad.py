@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from memprof.collect.aside import run_aside
 from memprof.collect.no_grad_probe import NoGradSaving, no_grad_saving
 from memprof.model.run import ForwardRecord
 
@@ -72,7 +73,7 @@ class NoGradProbe:
         if inputs is not None and inputs.complete:
             stopped, s.stopped = s.stopped, True  # the session's hooks stand still meanwhile
             try:
-                result = no_grad_saving(inputs)
+                result = run_aside(lambda: no_grad_saving(inputs))
             except Exception as e:
                 s.warn(f"the replay of {call.name} without autograd failed: {e!r}")
             finally:

@@ -172,3 +172,51 @@ def test_watched_steps_stored_as_runs_read_as_every_step() -> None:
     assert [(r.index, r.peak_bytes, r.end_bytes, r.seconds) for r in b.records()] == \
         [(r.index, r.peak_bytes, r.end_bytes, r.seconds) for r in a.records()]
     assert b.summary() == a.summary() and abs(b.seconds - a.seconds) < 1e-9
+
+
+def test_buckets_take_runs_as_they_take_each_row() -> None:
+    """Rows given in runs of the same figures (grouped, a run looked at once per bucket) keep the
+    same extremes and counts as rows added one by one, across bucket edges and merges."""
+    from memprof.model.history import Buckets
+
+    rng = random.Random(7)
+    for trial in range(40):
+        one, runs = Buckets(size=rng.choice([2, 3, 8])), Buckets(size=0)
+        runs.size = one.size
+        i, rows = rng.randrange(5), []
+        for _ in range(rng.randrange(1, 30)):
+            peak = rng.choice([10, 20, 30])
+            end = rng.choice([1, peak])
+            for _ in range(rng.choice([1, 2, 5, 17, 60])):
+                rows.append((i, 0, peak, end, 4, 0.001 * i, -1, -1))
+                i += 1 + (rng.random() < 0.05)  # an index skipped now and then
+        for row in rows:
+            one.add(row)
+        cut = rng.randrange(len(rows) + 1)
+        runs.add_rows(rows[:cut])
+        runs.add_rows(rows[cut:])
+        assert (runs.width, runs.steps, runs.extremes) == (one.width, one.steps, one.extremes), trial
+
+
+def test_watched_runs_read_back_exactly_whatever_the_reads_between_them() -> None:
+    """Watched steps, flushed at random moments (a read, a correction of the last step) into a
+    small tail and buckets, read back as rows added one by one."""
+    rng = random.Random(3)
+    for trial in range(20):
+        a, b = StepHistory(head=5, tail=7, buckets=3), StepHistory(head=5, tail=7, buckets=3)
+        figures = (100, 50)
+        for i in range(rng.randrange(1, 400)):
+            if rng.random() < 0.03:
+                figures = (rng.choice([80, 100, 120]), rng.choice([10, 50]))
+            secs = 0.001 * (i % 5)
+            a.add(i, 0, figures[0], figures[1], 8, secs)
+            b.add_watched(i, 0, figures[0], figures[1], 8, secs)
+            roll = rng.random()
+            if roll < 0.02:
+                a.set_last(peak=figures[0] + 1)
+                b.set_last(peak=figures[0] + 1)
+            elif roll < 0.04:
+                assert [r.index for r in b.records()] == [r.index for r in a.records()]
+        rows = [(r.index, r.peak_bytes, r.end_bytes, r.seconds) for r in b.records()]
+        assert rows == [(r.index, r.peak_bytes, r.end_bytes, r.seconds) for r in a.records()], trial
+        assert b.summary() == a.summary() and list(b.recent(0)) == list(a.recent(0)), trial

@@ -3,6 +3,7 @@ per call (with the line's graphs alive at once), as running the loop both ways m
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -74,3 +75,35 @@ def test_a_calls_saved_bytes_are_its_own_not_the_steps_running_sum() -> None:
     assert [probe.per_call(1, 0, total) for total in (100, 200, 300)] == [100, 100, 100]  # one step, three calls
     assert probe.per_call(1, 1, 120) == 120  # the next step's count starts again
     assert probe.per_call(2, 1, 50) == 50  # another model
+
+
+def test_the_replays_run_off_the_users_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake-tensor work leaves torch's per-thread functorch state behind, copied at every backward
+    after it (memprof.collect.aside): neither the advisor's replay nor the no_grad probe runs on
+    the thread that trains."""
+    import threading
+
+    from memprof.session import assemble, no_grad
+
+    seen: list[str] = []
+    for module, name in ((assemble, "make_replays"), (no_grad, "no_grad_saving")):
+        original = getattr(module, name)
+
+        def spy(*args: object, _original=original, _name=name, **kwargs: object) -> object:
+            seen.append(f"{_name}:{threading.current_thread() is threading.main_thread()}")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    model = _model().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [torch.randn(64, 256) for _ in range(4)]
+    with memprof.track() as s:
+        for x in batches:
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+        evaluate(model.eval(), batches, True)
+    assert s.report is not None
+    assert "make_replays:False" in seen and "no_grad_saving:False" in seen, seen
+    assert not any(item.endswith(":True") for item in seen), seen
+    assert any(f.kind.value == "missing_no_grad" for f in s.report.findings)
