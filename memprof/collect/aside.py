@@ -12,6 +12,10 @@ What the replays read from the caller's thread is carried over: autograd's mode,
 device (``torch.set_default_device`` is per thread) and the current CUDA device. The rest of
 torch's per-thread state starts empty there, which suits a replay: memprof's own saved-tensor hook
 and op hook are the user's thread's, and never see the fake tensors.
+
+Known limitations:
+- At interpreter shutdown (a report written at exit), where Python 3.12+ starts no thread, the work
+  runs on the caller's thread as before, and leaves its state there.
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ def run_aside(fn: Callable[[], T]) -> T:
 
     # A daemon: a Ctrl-C while the caller waits must not leave the process waiting for a replay.
     thread = threading.Thread(target=target, name="memprof-replay", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # at interpreter shutdown (an at-exit report; Python >= 3.12 starts no thread then)
+        return fn()  # here, then: the replay's figures matter more than state left on a thread that ends
     thread.join()
     if error:
         raise error[0]

@@ -48,3 +48,14 @@ def test_fake_tensor_work_runs_there() -> None:
 
     shape, ident = run_aside(fake_step)
     assert shape == [8, 4] and ident != threading.get_ident()
+
+
+def test_where_no_thread_can_start_it_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At interpreter shutdown (an at-exit report) Python 3.12+ starts no thread: the work is
+    done in the caller's thread rather than lost."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert run_aside(lambda: threading.get_ident()) == threading.get_ident()
