@@ -322,7 +322,9 @@ def replay(
 ) -> ReplayResult:
     """Run the call's module ``steps`` times (forward, stand-in loss, backward, optimizer step) on
     fake tensors at batch ``batch`` (default: a prime, see :func:`pick_batch`); ``keep_grads``: the
-    loop zeroes gradients in place (``zero_grad(set_to_none=False)``). Raises on failure."""
+    loop zeroes gradients in place (``zero_grad(set_to_none=False)``). ``steps`` defaults to two
+    where the first step leaves state behind (an optimizer stepped, gradients kept), else one.
+    Raises on failure."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.func import functional_call
 
@@ -336,7 +338,6 @@ def replay(
     buffers = dict(module.named_buffers())
     base = _storage_bytes([*params.values(), *buffers.values()])
     train = call.grad_enabled and any(p.requires_grad for p in params.values())
-    n_steps = steps if steps is not None else (2 if train and optimizers else 1)
     device_type = next((p.device.type for p in params.values()), "cpu")
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     state, fakes = fake_state(mode, [*params.items(), *buffers.items()])
@@ -348,6 +349,10 @@ def replay(
     with torch.random.fork_rng(devices=rng_devices), _training(module, call.training), _checkpointed(module, checkpoint):
         with mode:
             twins = [o for o in (_fake_optimizer(opt, fakes) for opt in optimizers) if o is not None] if train else []
+            # A second step where the first leaves state the second's peak has: an optimizer's (its
+            # state), or gradients zeroed in place (alive through the forward). Else (no optimizer,
+            # or one not replayed: LBFGS) the second step is the first again, at the same cost.
+            n_steps = steps if steps is not None else (2 if train and (twins or keep_grads) else 1)
             with counter:
                 args = _make_inputs(call.args, call.batch_size, b, batch_dim_of(call))
                 kwargs = _make_inputs(call.kwargs, call.batch_size, b, batch_dim_of(call))

@@ -224,3 +224,23 @@ def test_an_optimizer_that_needs_a_closure_is_not_stepped_in_the_replay() -> Non
     without = replay(call, [], batch=4, steps=with_lbfgs.steps)
     assert with_lbfgs.predict(4) == without.predict(4) > 0
     assert lbfgs.state == {} and all(p.grad is None for p in model.parameters())
+
+
+def test_a_second_step_is_replayed_only_where_the_first_leaves_state() -> None:
+    """An optimizer replayed leaves its state, gradients zeroed in place stay through the next
+    forward: two steps. An optimizer that is not replayed (LBFGS) leaves nothing: the second step
+    would be the first again (its cost doubled on a long closure step), with stale gradients the
+    loop does not have."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    call = call_inputs(model, (torch.randn(4, 8),), {})
+    call.training = True
+    lbfgs = torch.optim.LBFGS(model.parameters())
+    adam = torch.optim.Adam(model.parameters())
+    once = replay(call, [lbfgs], batch=4)
+    assert once.steps == 1
+    assert replay(call, [adam], batch=4).steps == 2
+    assert replay(call, [lbfgs], batch=4, keep_grads=True).steps == 2
+    twice = replay(call, [lbfgs], batch=4, steps=2)
+    grads = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert once.predict(4) < twice.predict(4) <= once.predict(4) + grads
