@@ -6,7 +6,9 @@
 Step time (steady state, after warm-up) of each tool against plain PyTorch, in the same process:
 for each round and each tool, a block of plain steps, then a block of steps under the tool (the
 tool entered fresh, warmed up, then timed); the figure is the median over rounds of the ratio
-profiled / plain, so that drift of the machine (other processes, thermal) cancels.
+profiled / plain, so that drift of the machine (other processes, thermal) cancels. Plain blocks
+before the first round and after the last say what a tool leaves in the process (state on the
+thread, a hook not removed): it slows the plain blocks too, which the paired ratio cannot show.
 
 Tools: plain PyTorch; memprof's default (``memprof run``: detail for the first steps, then
 watching, with periodic re-arms); memprof's most detailed mode (``--detail full``: every op
