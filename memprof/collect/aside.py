@@ -4,8 +4,8 @@ leaves with that thread.
 Fake-tensor replays (:mod:`memprof.collect.replay_step`, :mod:`memprof.collect.no_grad_probe`)
 leave functorch's thread-local state (its layer stack) on the thread that ran them. From then on
 torch deep-copies that state each time it captures the thread's state, as the autograd engine does
-at every backward pass: measured, 14k instructions a step of a small manual-SGD loop (1.2% of the
-step), for the rest of the user's run. A replay runs once; in a thread of its own, the user's
+at every backward pass: measured, 15k instructions a step of a small manual-SGD loop (1.3% of the
+step's instructions; benchmarks/results/instructions-2026-12-04.md), for the rest of the user's run. A replay runs once; in a thread of its own, the user's
 thread stays as plain python has it.
 
 What the replays read from the caller's thread is carried over: autograd's mode, the default
